@@ -216,6 +216,24 @@ impl Process {
         rx
     }
 
+    /// Resolves once the process has exited.
+    pub(crate) async fn wait_exited(&self) {
+        let mut exited = self.exited.subscribe();
+        let _ = exited.wait_for(|exited| *exited).await;
+    }
+
+    /// Kills the process (SIGKILL to its group) if it is still running after `limit`, whether
+    /// or not anyone is still attached to it.
+    pub(crate) fn kill_after(self: &Arc<Self>, limit: std::time::Duration) {
+        let process = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(limit) => { let _ = process.signal(Signal::SIGKILL); }
+                () = process.wait_exited() => {}
+            }
+        });
+    }
+
     pub(crate) fn has_exited(&self) -> bool {
         *self.exited.borrow()
     }

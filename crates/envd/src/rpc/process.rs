@@ -85,7 +85,12 @@ async fn start(envd: Arc<Envd>, call: Call, request: StartRequest, sink: StreamS
         stdin: request.stdin.unwrap_or(true),
     };
     let (process, events) = envd.processes.start(spec, config, request.tag)?;
-    follow(&process, events, &call, &sink, Deadline::KillProcess, |event| StartResponse { event: Some(event) }).await
+    // E2B's envd kills a started process when its request deadline passes, even if the client
+    // has already gone.
+    if let Some(limit) = call.timeout() {
+        process.kill_after(limit);
+    }
+    follow(&process, events, &call, &sink, |event| StartResponse { event: Some(event) }).await
 }
 
 async fn connect_process(
@@ -96,25 +101,17 @@ async fn connect_process(
 ) -> Result<(), Error> {
     let process = envd.processes.get(&selector(request.process)?)?;
     let events = process.subscribe();
-    follow(&process, events, &call, &sink, Deadline::EndStream, |event| ConnectResponse { event: Some(event) }).await
-}
-
-/// What `Connect-Timeout-Ms` means for a stream: `Start` kills the process, as E2B's envd does;
-/// `Connect` only ends the stream.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Deadline {
-    KillProcess,
-    EndStream,
+    follow(&process, events, &call, &sink, |event| ConnectResponse { event: Some(event) }).await
 }
 
 /// Streams a process's events: the start event, output with keepalives in silences, then the
 /// end event. A client that goes away simply stops receiving; the process keeps running.
+/// `Connect-Timeout-Ms` ends the stream with `deadline_exceeded`.
 async fn follow<M: Message>(
     process: &Process,
     mut events: mpsc::Receiver<Event>,
     call: &Call,
     sink: &StreamSink<M>,
-    on_deadline: Deadline,
     wrap: impl Fn(ProcessEvent) -> M,
 ) -> Result<(), Error> {
     let emit = |event: Event| wrap(ProcessEvent { event: Some(event) });
@@ -145,9 +142,6 @@ async fn follow<M: Message>(
                 next_keepalive = Instant::now() + keepalive;
             }
             () = sleep_until_or_forever(deadline) => {
-                if on_deadline == Deadline::KillProcess {
-                    let _ = process.signal(UnixSignal::SIGKILL);
-                }
                 return Err(Error::new(Code::DeadlineExceeded, "the process did not finish within the request timeout"));
             }
             () = sink.disconnected() => return Ok(()),
