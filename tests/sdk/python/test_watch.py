@@ -7,6 +7,7 @@ from e2b import FilesystemEventType
 
 
 def test_sync_watch_polls_events(sandbox):
+    sandbox.files.remove("/tmp/kiln-watch-sync")
     sandbox.files.make_dir("/tmp/kiln-watch-sync")
     watcher = sandbox.files.watch_dir("/tmp/kiln-watch-sync")
     sandbox.files.write("/tmp/kiln-watch-sync/a.txt", "a")
@@ -23,6 +24,7 @@ def test_sync_watch_polls_events(sandbox):
 
 
 def test_recursive_watch_names_are_relative(sandbox):
+    sandbox.files.remove("/tmp/kiln-watch-rec")
     sandbox.files.make_dir("/tmp/kiln-watch-rec/sub")
     watcher = sandbox.files.watch_dir("/tmp/kiln-watch-rec", recursive=True)
     sandbox.files.write("/tmp/kiln-watch-rec/sub/b.txt", "b")
@@ -39,6 +41,7 @@ async def test_async_watch_streams_events(envd):
     from e2b import AsyncSandbox
 
     sandbox = await AsyncSandbox.create()
+    await sandbox.files.remove("/tmp/kiln-watch-async")
     await sandbox.files.make_dir("/tmp/kiln-watch-async")
     seen = []
     got_it = asyncio.Event()

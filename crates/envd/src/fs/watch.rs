@@ -184,3 +184,24 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod live_tests {
+    use super::{WatchOptions, watch};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn stream_watch_sees_a_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let options = WatchOptions { recursive: false, include_entry: true, allow_network_mounts: false };
+        let _watcher = watch(dir.path(), options, move |event| {
+            let _ = tx.send(event);
+        })
+        .unwrap();
+        std::fs::write(dir.path().join("a"), "x").unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        assert_eq!(event.name, "a");
+        assert!(event.entry.is_some());
+    }
+}
