@@ -4,9 +4,15 @@ use crate::Error;
 use serde::{Serialize, de::DeserializeOwned};
 
 /// A message both codecs can carry: prost for `proto`, pbjson's serde impls for `json`.
-pub trait Message: prost::Message + Default + Serialize + DeserializeOwned + Send + 'static {}
+pub trait Message:
+    prost::Message + Default + Serialize + DeserializeOwned + Send + 'static
+{
+}
 
-impl<T> Message for T where T: prost::Message + Default + Serialize + DeserializeOwned + Send + 'static {}
+impl<T> Message for T where
+    T: prost::Message + Default + Serialize + DeserializeOwned + Send + 'static
+{
+}
 
 /// How messages are serialized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +34,12 @@ impl Codec {
     /// Reads a request `Content-Type`. Parameters (`; charset=utf-8`) are ignored and the media
     /// type is compared case-insensitively; anything unknown is `None` (answer 415).
     pub fn from_content_type(content_type: &str) -> Option<(Codec, Kind)> {
-        let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match media.as_str() {
             "application/json" => Some((Codec::Json, Kind::Unary)),
             "application/proto" => Some((Codec::Proto, Kind::Unary)),
@@ -64,8 +75,9 @@ impl Codec {
             Codec::Json if bytes.iter().all(u8::is_ascii_whitespace) => Ok(M::default()),
             Codec::Json => serde_json::from_slice(bytes)
                 .map_err(|e| Error::invalid_argument(format!("cannot decode JSON message: {e}"))),
-            Codec::Proto => M::decode(bytes)
-                .map_err(|e| Error::invalid_argument(format!("cannot decode protobuf message: {e}"))),
+            Codec::Proto => M::decode(bytes).map_err(|e| {
+                Error::invalid_argument(format!("cannot decode protobuf message: {e}"))
+            }),
         }
     }
 }
@@ -76,7 +88,10 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(Codec::from_content_type("application/json"), Some((Codec::Json, Kind::Unary)));
+        assert_eq!(
+            Codec::from_content_type("application/json"),
+            Some((Codec::Json, Kind::Unary))
+        );
         assert_eq!(
             Codec::from_content_type("Application/JSON; charset=utf-8"),
             Some((Codec::Json, Kind::Unary))
@@ -86,6 +101,9 @@ mod tests {
             Some((Codec::Proto, Kind::Streaming))
         );
         assert_eq!(Codec::from_content_type("text/plain"), None);
-        assert_eq!(Codec::Json.content_type(Kind::Streaming), "application/connect+json");
+        assert_eq!(
+            Codec::Json.content_type(Kind::Streaming),
+            "application/connect+json"
+        );
     }
 }

@@ -67,7 +67,10 @@ impl Default for Decoder {
 impl Decoder {
     /// A decoder refusing frames whose payload exceeds `max_payload` bytes.
     pub fn new(max_payload: usize) -> Self {
-        Decoder { buf: BytesMut::new(), max_payload }
+        Decoder {
+            buf: BytesMut::new(),
+            max_payload,
+        }
     }
 
     /// Appends received bytes.
@@ -87,11 +90,16 @@ impl Decoder {
         if len > self.max_payload {
             return Err(Error::new(
                 crate::Code::ResourceExhausted,
-                format!("message of {len} bytes exceeds the limit of {} bytes", self.max_payload),
+                format!(
+                    "message of {len} bytes exceeds the limit of {} bytes",
+                    self.max_payload
+                ),
             ));
         }
         if flags & FLAG_COMPRESSED != 0 {
-            return Err(Error::internal("compressed frame, but no compression was negotiated"));
+            return Err(Error::internal(
+                "compressed frame, but no compression was negotiated",
+            ));
         }
         if self.buf.len() < HEADER_LEN + len {
             return Ok(None);
@@ -129,7 +137,7 @@ mod tests {
     #[test]
     fn decodes_byte_by_byte() {
         let mut wire = encode(b"one").to_vec();
-        wire.extend_from_slice(&encode(b"").to_vec());
+        wire.extend_from_slice(&encode(b""));
         wire.extend_from_slice(&encode_end_stream(None));
         let mut decoder = Decoder::default();
         let mut frames = Vec::new();
@@ -151,11 +159,18 @@ mod tests {
     fn refuses_oversized_and_compressed_frames() {
         let mut decoder = Decoder::new(4);
         decoder.push(&[0, 0, 0, 0, 5]);
-        assert_eq!(decoder.next_frame().unwrap_err().code, Code::ResourceExhausted);
+        assert_eq!(
+            decoder.next_frame().unwrap_err().code,
+            Code::ResourceExhausted
+        );
 
         let mut decoder = Decoder::new(u32::MAX as usize);
         decoder.push(&[0, 0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(decoder.next_frame().unwrap(), None, "a huge frame is only refused by the cap");
+        assert_eq!(
+            decoder.next_frame().unwrap(),
+            None,
+            "a huge frame is only refused by the cap"
+        );
 
         let mut decoder = Decoder::default();
         decoder.push(&[1, 0, 0, 0, 1, 0]);

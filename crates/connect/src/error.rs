@@ -29,7 +29,10 @@ struct EndStream {
 impl Error {
     /// An error with the given code and message.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Error { code, message: message.into() }
+        Error {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn invalid_argument(message: impl Into<String>) -> Self {
@@ -65,13 +68,18 @@ impl Error {
     }
 
     fn wire(&self) -> WireError {
-        WireError { code: self.code.as_str().to_owned(), message: self.message.clone() }
+        WireError {
+            code: self.code.as_str().to_owned(),
+            message: self.message.clone(),
+        }
     }
 }
 
 /// The payload of a stream's end-of-stream frame: `{}` on success, `{"error":{…}}` on failure.
 pub(crate) fn end_stream_payload(error: Option<&Error>) -> Vec<u8> {
-    let end = EndStream { error: error.map(Error::wire) };
+    let end = EndStream {
+        error: error.map(Error::wire),
+    };
     serde_json::to_vec(&end).unwrap_or_else(|_| b"{}".to_vec())
 }
 
@@ -81,9 +89,10 @@ pub(crate) fn parse_end_stream(payload: &[u8]) -> Result<(), Error> {
         .map_err(|e| Error::internal(format!("malformed end-of-stream message: {e}")))?;
     match end.error {
         None => Ok(()),
-        Some(wire) => {
-            Err(Error::new(Code::parse(&wire.code).unwrap_or(Code::Unknown), wire.message))
-        }
+        Some(wire) => Err(Error::new(
+            Code::parse(&wire.code).unwrap_or(Code::Unknown),
+            wire.message,
+        )),
     }
 }
 
@@ -104,8 +113,14 @@ mod tests {
 
     #[test]
     fn non_connect_bodies_use_the_status() {
-        assert_eq!(Error::from_response(502, b"bad gateway").code, Code::Unavailable);
-        assert_eq!(Error::from_response(401, br#"{"code":401,"message":"x"}"#).code, Code::Unauthenticated);
+        assert_eq!(
+            Error::from_response(502, b"bad gateway").code,
+            Code::Unavailable
+        );
+        assert_eq!(
+            Error::from_response(401, br#"{"code":401,"message":"x"}"#).code,
+            Code::Unauthenticated
+        );
     }
 
     #[test]

@@ -94,7 +94,10 @@ mod tests {
             r#type: FileType::File as i32,
             size: 2,
             symlink_target: Some("b".into()),
-            modified_time: Some(pbjson_types::Timestamp { seconds: 1, nanos: 5 }),
+            modified_time: Some(pbjson_types::Timestamp {
+                seconds: 1,
+                nanos: 5,
+            }),
             ..Default::default()
         };
         let json = serde_json::to_value(&entry).unwrap();

@@ -45,7 +45,9 @@ pub(crate) async fn require_access_token(
 ) -> Result<Response, HttpError> {
     let exempt = matches!(
         (request.method(), request.uri().path()),
-        (&Method::GET, "/health") | (&Method::GET | &Method::POST, "/files") | (&Method::POST, "/init")
+        (&Method::GET, "/health")
+            | (&Method::GET | &Method::POST, "/files")
+            | (&Method::POST, "/init")
     );
     if !exempt && !token_ok(&envd, request.headers()) {
         return Err(unauthorized());
@@ -60,7 +62,9 @@ pub(crate) fn unauthorized() -> HttpError {
 /// True when no token is set, or the request's `X-Access-Token` matches it.
 pub(crate) fn token_ok(envd: &Envd, headers: &HeaderMap) -> bool {
     let defaults = envd.defaults();
-    let Some(expected) = defaults.access_token.as_deref() else { return true };
+    let Some(expected) = defaults.access_token.as_deref() else {
+        return true;
+    };
     headers
         .get(ACCESS_TOKEN_HEADER)
         .is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())))
@@ -69,15 +73,22 @@ pub(crate) fn token_ok(envd: &Envd, headers: &HeaderMap) -> bool {
 /// The user named by `Authorization: Basic base64("<user>:")`, if the header is present.
 /// A malformed header is an error rather than a silent fallback to the default user.
 pub(crate) fn basic_auth_user(headers: &HeaderMap) -> Result<Option<String>, &'static str> {
-    let Some(value) = headers.get(http::header::AUTHORIZATION) else { return Ok(None) };
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
     let value = value.to_str().map_err(|_| "invalid authorization header")?;
     let encoded = value
         .strip_prefix("Basic ")
         .or_else(|| value.strip_prefix("basic "))
         .ok_or("authorization header must use the Basic scheme")?;
-    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| "invalid base64 in authorization header")?;
-    let decoded = String::from_utf8(decoded).map_err(|_| "invalid UTF-8 in authorization header")?;
-    let user = decoded.split_once(':').map_or(decoded.as_str(), |(user, _)| user);
+    let decoded = STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| "invalid base64 in authorization header")?;
+    let decoded =
+        String::from_utf8(decoded).map_err(|_| "invalid UTF-8 in authorization header")?;
+    let user = decoded
+        .split_once(':')
+        .map_or(decoded.as_str(), |(user, _)| user);
     Ok(Some(user.to_owned()))
 }
 
@@ -94,7 +105,10 @@ pub(crate) fn file_signature(
     if let Some(expiration) = expiration {
         input.push_str(&format!(":{expiration}"));
     }
-    format!("v1_{}", STANDARD_NO_PAD.encode(Sha256::digest(input.as_bytes())))
+    format!(
+        "v1_{}",
+        STANDARD_NO_PAD.encode(Sha256::digest(input.as_bytes()))
+    )
 }
 
 /// Parameters of a `/files` request that take part in authorization.
@@ -117,23 +131,46 @@ pub(crate) fn authorize_file_access(
     let token = envd.defaults().access_token.clone();
     let Some(token) = token else { return Ok(()) };
     if headers.contains_key(ACCESS_TOKEN_HEADER) {
-        return if token_ok(envd, headers) { Ok(()) } else { Err(unauthorized()) };
+        return if token_ok(envd, headers) {
+            Ok(())
+        } else {
+            Err(unauthorized())
+        };
     }
-    let Some(signature) = access.signature else { return Err(unauthorized()) };
-    if access.expiration.is_some_and(|expiration| expiration < now_unix) {
-        return Err(HttpError::new(StatusCode::UNAUTHORIZED, "signature has expired"));
+    let Some(signature) = access.signature else {
+        return Err(unauthorized());
+    };
+    if access
+        .expiration
+        .is_some_and(|expiration| expiration < now_unix)
+    {
+        return Err(HttpError::new(
+            StatusCode::UNAUTHORIZED,
+            "signature has expired",
+        ));
     }
-    let expected = file_signature(access.path, operation, access.username, &token, access.expiration);
+    let expected = file_signature(
+        access.path,
+        operation,
+        access.username,
+        &token,
+        access.expiration,
+    );
     if bool::from(expected.as_bytes().ct_eq(signature.as_bytes())) {
         Ok(())
     } else {
-        Err(HttpError::new(StatusCode::UNAUTHORIZED, "invalid signature"))
+        Err(HttpError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid signature",
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{FileAccess, FileOperation, authorize_file_access, basic_auth_user, file_signature};
+    use super::{
+        FileAccess, FileOperation, authorize_file_access, basic_auth_user, file_signature,
+    };
     use crate::state::Envd;
     use http::{HeaderMap, HeaderValue};
 
@@ -168,23 +205,88 @@ mod tests {
     fn file_access_rules() {
         let envd = Envd::new();
         let none = HeaderMap::new();
-        let access = |signature, expiration| FileAccess { path: "/a", username: "", signature, expiration };
+        let access = |signature, expiration| FileAccess {
+            path: "/a",
+            username: "",
+            signature,
+            expiration,
+        };
         // No token: everything goes.
-        assert!(authorize_file_access(&envd, &none, &access(None, None), FileOperation::Read, 0).is_ok());
+        assert!(
+            authorize_file_access(&envd, &none, &access(None, None), FileOperation::Read, 0)
+                .is_ok()
+        );
 
         envd.defaults_mut().access_token = Some("tok".into());
-        assert!(authorize_file_access(&envd, &none, &access(None, None), FileOperation::Read, 0).is_err());
+        assert!(
+            authorize_file_access(&envd, &none, &access(None, None), FileOperation::Read, 0)
+                .is_err()
+        );
         let good = file_signature("/a", FileOperation::Read, "", "tok", Some(100));
-        assert!(authorize_file_access(&envd, &none, &access(Some(&good), Some(100)), FileOperation::Read, 50).is_ok());
+        assert!(
+            authorize_file_access(
+                &envd,
+                &none,
+                &access(Some(&good), Some(100)),
+                FileOperation::Read,
+                50
+            )
+            .is_ok()
+        );
         // Expired, wrong operation, tampered expiry.
-        assert!(authorize_file_access(&envd, &none, &access(Some(&good), Some(100)), FileOperation::Read, 101).is_err());
-        assert!(authorize_file_access(&envd, &none, &access(Some(&good), Some(100)), FileOperation::Write, 50).is_err());
-        assert!(authorize_file_access(&envd, &none, &access(Some(&good), Some(200)), FileOperation::Read, 50).is_err());
+        assert!(
+            authorize_file_access(
+                &envd,
+                &none,
+                &access(Some(&good), Some(100)),
+                FileOperation::Read,
+                101
+            )
+            .is_err()
+        );
+        assert!(
+            authorize_file_access(
+                &envd,
+                &none,
+                &access(Some(&good), Some(100)),
+                FileOperation::Write,
+                50
+            )
+            .is_err()
+        );
+        assert!(
+            authorize_file_access(
+                &envd,
+                &none,
+                &access(Some(&good), Some(200)),
+                FileOperation::Read,
+                50
+            )
+            .is_err()
+        );
 
         let mut with_token = HeaderMap::new();
         with_token.insert("x-access-token", HeaderValue::from_static("tok"));
-        assert!(authorize_file_access(&envd, &with_token, &access(None, None), FileOperation::Write, 0).is_ok());
+        assert!(
+            authorize_file_access(
+                &envd,
+                &with_token,
+                &access(None, None),
+                FileOperation::Write,
+                0
+            )
+            .is_ok()
+        );
         with_token.insert("x-access-token", HeaderValue::from_static("nope"));
-        assert!(authorize_file_access(&envd, &with_token, &access(Some(&good), Some(100)), FileOperation::Read, 50).is_err());
+        assert!(
+            authorize_file_access(
+                &envd,
+                &with_token,
+                &access(Some(&good), Some(100)),
+                FileOperation::Read,
+                50
+            )
+            .is_err()
+        );
     }
 }

@@ -27,7 +27,10 @@ use tokio::{
 };
 
 enum Command {
-    Quiesce { keep: u64, done: oneshot::Sender<()> },
+    Quiesce {
+        keep: u64,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// The socket listener and the tasks serving it.
@@ -42,7 +45,12 @@ pub(crate) struct HostSocket {
 impl HostSocket {
     pub(crate) fn new(path: PathBuf) -> Arc<HostSocket> {
         let (commands, receiver) = mpsc::channel(4);
-        Arc::new(HostSocket { path, commands, receiver: Mutex::new(Some(receiver)), tasks: Mutex::default() })
+        Arc::new(HostSocket {
+            path,
+            commands,
+            receiver: Mutex::new(Some(receiver)),
+            tasks: Mutex::default(),
+        })
     }
 
     /// Binds the socket now, so start-up fails loudly on a bad path, then serves it forever.
@@ -74,7 +82,9 @@ impl HostSocket {
                             tracing::info!(path = %this.path.display(), "host socket listening again");
                             listener = Some(bound);
                         }
-                        Err(error) => tracing::error!(%error, path = %this.path.display(), "cannot listen on host socket"),
+                        Err(error) => {
+                            tracing::error!(%error, path = %this.path.display(), "cannot listen on host socket")
+                        }
                     }
                     continue;
                 };
@@ -119,7 +129,9 @@ impl HostSocket {
     async fn close_connections(&self, keep: u64) {
         let closing: Vec<_> = {
             let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-            let (kept, closing) = std::mem::take(&mut *tasks).into_iter().partition(|(conn, _)| *conn == keep);
+            let (kept, closing) = std::mem::take(&mut *tasks)
+                .into_iter()
+                .partition(|(conn, _)| *conn == keep);
             *tasks = kept;
             closing
         };
@@ -133,7 +145,11 @@ impl HostSocket {
 
     async fn quiesce(&self, keep: u64) -> bool {
         let (done, acknowledged) = oneshot::channel();
-        self.commands.send(Command::Quiesce { keep, done }).await.is_ok() && acknowledged.await.is_ok()
+        self.commands
+            .send(Command::Quiesce { keep, done })
+            .await
+            .is_ok()
+            && acknowledged.await.is_ok()
     }
 }
 
@@ -152,11 +168,19 @@ pub(crate) async fn quiesce(info: ConnInfo) -> Response {
         return plain(StatusCode::NOT_FOUND, "not found");
     };
     if !socket.quiesce(conn).await {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "host socket is shutting down");
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "host socket is shutting down",
+        );
     }
     let mut response = plain(StatusCode::OK, "{\"state\":\"quiesced\"}");
-    response.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -164,19 +188,30 @@ pub(crate) async fn quiesce(info: ConnInfo) -> Response {
 /// A closed port is a `502` before any tunnel is set up.
 pub(crate) async fn relay<B: Send + 'static>(request: Request<B>, info: ConnInfo) -> Response {
     let Some((conn, socket)) = info.host_socket() else {
-        return plain(StatusCode::FORBIDDEN, "relays are only available on the host socket");
+        return plain(
+            StatusCode::FORBIDDEN,
+            "relays are only available on the host socket",
+        );
     };
     let Some(port) = relay_target(&request) else {
-        return plain(StatusCode::BAD_REQUEST, "CONNECT target must be 127.0.0.1:<port> or localhost:<port>");
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "CONNECT target must be 127.0.0.1:<port> or localhost:<port>",
+        );
     };
     let upstream = match TcpStream::connect(("127.0.0.1", port)).await {
         Ok(stream) => stream,
         Err(_) => match TcpStream::connect(("::1", port)).await {
             Ok(stream) => stream,
             Err(_) => {
-                let body = format!("{{\"code\":502,\"message\":\"port {port} is not open in the sandbox\"}}");
+                let body = format!(
+                    "{{\"code\":502,\"message\":\"port {port} is not open in the sandbox\"}}"
+                );
                 let mut response = plain(StatusCode::BAD_GATEWAY, &body);
-                response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
                 return response;
             }
         },
@@ -194,7 +229,10 @@ pub(crate) async fn relay<B: Send + 'static>(request: Request<B>, info: ConnInfo
 
 fn relay_target<B>(request: &Request<B>) -> Option<u16> {
     let authority = request.uri().authority()?;
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     if !matches!(host, "127.0.0.1" | "localhost" | "::1") {
         return None;
     }

@@ -44,9 +44,15 @@ pub enum ServeError {
     #[error("nothing to listen on: give a TCP port or a socket path")]
     NoListener,
     #[error("cannot listen on {addr}: {source}")]
-    Tcp { addr: SocketAddr, source: std::io::Error },
+    Tcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot listen on socket {path}: {source}")]
-    Socket { path: PathBuf, source: std::io::Error },
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Binds every configured listener, then serves until the process is stopped.
@@ -60,12 +66,19 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 
     let mut tasks = Vec::new();
     if let (Some(socket), Some(path)) = (&host_socket, &config.socket) {
-        let task = socket.start(app.clone()).map_err(|source| ServeError::Socket { path: path.clone(), source })?;
+        let task = socket
+            .start(app.clone())
+            .map_err(|source| ServeError::Socket {
+                path: path.clone(),
+                source,
+            })?;
         tracing::info!(path = %path.display(), "listening on host socket");
         tasks.push(task);
     }
     if let Some(addr) = config.listen {
-        let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Tcp { addr, source })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Tcp { addr, source })?;
         tracing::info!(%addr, "listening on TCP");
         tasks.push(tokio::spawn(server::serve_tcp(listener, app)));
     }
@@ -82,7 +95,10 @@ fn router(envd: Arc<Envd>) -> Router {
         .merge(rpc::process::routes())
         .merge(rpc::filesystem::routes())
         .merge(host::routes())
-        .layer(middleware::from_fn_with_state(envd.clone(), auth::require_access_token))
+        .layer(middleware::from_fn_with_state(
+            envd.clone(),
+            auth::require_access_token,
+        ))
         .layer(tower_http::cors::CorsLayer::very_permissive())
         .with_state(envd)
 }

@@ -24,7 +24,9 @@ impl ConnInfo {
     }
 
     pub(crate) fn over_host_socket(conn: u64, socket: Arc<HostSocket>) -> Self {
-        ConnInfo { host_socket: Some((conn, socket)) }
+        ConnInfo {
+            host_socket: Some((conn, socket)),
+        }
     }
 
     /// The connection id and socket, when the connection came over the host socket.
@@ -66,7 +68,9 @@ where
             Ok(app.oneshot(request.map(Body::new)).await.into_response())
         }
     });
-    let connection = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+    let connection = http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
     if let Err(error) = connection.with_upgrades().await {
         tracing::debug!(%error, "connection ended with an error");
     }

@@ -24,7 +24,10 @@ impl User {
     /// Looks a user up by name.
     pub(crate) fn lookup(name: &str) -> Result<User, UnknownUser> {
         let unknown = || UnknownUser(name.to_owned());
-        let entry = NixUser::from_name(name).ok().flatten().ok_or_else(unknown)?;
+        let entry = NixUser::from_name(name)
+            .ok()
+            .flatten()
+            .ok_or_else(unknown)?;
         let cname = CString::new(name).map_err(|_| unknown())?;
         let groups = nix::unistd::getgrouplist(&cname, entry.gid)
             .map(|groups| groups.into_iter().map(Gid::as_raw).collect())

@@ -3,7 +3,7 @@
 import json
 import time
 
-from conftest import basic_user
+from kiln_envd import basic_user
 from urllib.parse import quote
 
 from e2b.sandbox.signature import get_signature

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import UnixHTTPConnection, envelope, parse_envelopes
+from kiln_envd import UnixHTTPConnection, envelope, parse_envelopes
 
 STREAM = {"Content-Type": "application/connect+json"}
 

@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import envelope, parse_envelopes
+from kiln_envd import envelope, parse_envelopes
 
 STREAM = {"Content-Type": "application/connect+json", "Connect-Protocol-Version": "1"}
 UNARY = {"Content-Type": "application/json", "Connect-Protocol-Version": "1"}

@@ -39,10 +39,10 @@ impl EntryReader {
     /// The entry at `path`, not following a final symlink.
     pub(crate) fn read(&mut self, path: &Path) -> io::Result<EntryInfo> {
         let metadata = std::fs::symlink_metadata(path)?;
-        Ok(self.from_metadata(path, &metadata))
+        Ok(self.describe(path, &metadata))
     }
 
-    pub(crate) fn from_metadata(&mut self, path: &Path, metadata: &Metadata) -> EntryInfo {
+    pub(crate) fn describe(&mut self, path: &Path, metadata: &Metadata) -> EntryInfo {
         let file_type = metadata.file_type();
         let is_symlink = file_type.is_symlink();
         let kind = if is_symlink {
@@ -54,14 +54,24 @@ impl EntryReader {
         };
         let mode = go_file_mode(metadata.mode());
         EntryInfo {
-            name: path.file_name().map_or_else(|| "/".to_owned(), |n| n.to_string_lossy().into_owned()),
+            name: path
+                .file_name()
+                .map_or_else(|| "/".to_owned(), |n| n.to_string_lossy().into_owned()),
             r#type: kind as i32,
             path: path.to_string_lossy().into_owned(),
             size: i64::try_from(metadata.len()).unwrap_or(i64::MAX),
             mode,
             permissions: go_mode_string(mode),
-            owner: self.users.entry(metadata.uid()).or_insert_with_key(|uid| user_name(*uid)).clone(),
-            group: self.groups.entry(metadata.gid()).or_insert_with_key(|gid| group_name(*gid)).clone(),
+            owner: self
+                .users
+                .entry(metadata.uid())
+                .or_insert_with_key(|uid| user_name(*uid))
+                .clone(),
+            group: self
+                .groups
+                .entry(metadata.gid())
+                .or_insert_with_key(|gid| group_name(*gid))
+                .clone(),
             modified_time: Some(pbjson_types::Timestamp {
                 seconds: metadata.mtime(),
                 nanos: i32::try_from(metadata.mtime_nsec()).unwrap_or(0),
@@ -70,7 +80,11 @@ impl EntryReader {
                 .then(|| std::fs::read_link(path).ok())
                 .flatten()
                 .map(|target| target.to_string_lossy().into_owned()),
-            metadata: if is_symlink { BTreeMap::new() } else { read_metadata(path) },
+            metadata: if is_symlink {
+                BTreeMap::new()
+            } else {
+                read_metadata(path)
+            },
             is_symlink,
         }
     }
@@ -78,10 +92,15 @@ impl EntryReader {
 
 /// Client metadata stored on a file as `user.e2b.<key>` xattrs.
 pub(crate) fn read_metadata(path: &Path) -> BTreeMap<String, String> {
-    let Ok(names) = xattr::list(path) else { return BTreeMap::new() };
+    let Ok(names) = xattr::list(path) else {
+        return BTreeMap::new();
+    };
     names
         .filter_map(|name| {
-            let key = name.to_str()?.strip_prefix(METADATA_XATTR_PREFIX)?.to_owned();
+            let key = name
+                .to_str()?
+                .strip_prefix(METADATA_XATTR_PREFIX)?
+                .to_owned();
             let value = xattr::get(path, &name).ok()??;
             Some((key, String::from_utf8_lossy(&value).into_owned()))
         })
@@ -124,7 +143,11 @@ pub(crate) fn go_mode_string(mode: u32) -> String {
         out.push('-');
     }
     for (i, letter) in b"rwxrwxrwx".iter().enumerate() {
-        out.push(if mode & (1 << (8 - i)) != 0 { char::from(*letter) } else { '-' });
+        out.push(if mode & (1 << (8 - i)) != 0 {
+            char::from(*letter)
+        } else {
+            '-'
+        });
     }
     out
 }
@@ -154,10 +177,16 @@ mod tests {
         std::os::unix::fs::symlink(&file, &link).unwrap();
         let mut reader = EntryReader::default();
         let entry = reader.read(&file).unwrap();
-        assert_eq!((entry.name.as_str(), entry.size, entry.r#type), ("a.txt", 2, FileType::File as i32));
+        assert_eq!(
+            (entry.name.as_str(), entry.size, entry.r#type),
+            ("a.txt", 2, FileType::File as i32)
+        );
         let entry = reader.read(&link).unwrap();
         assert_eq!(entry.r#type, FileType::Symlink as i32);
         assert_eq!(entry.symlink_target.as_deref(), file.to_str());
-        assert_eq!(reader.read(dir.path()).unwrap().r#type, FileType::Directory as i32);
+        assert_eq!(
+            reader.read(dir.path()).unwrap().r#type,
+            FileType::Directory as i32
+        );
     }
 }

@@ -11,11 +11,25 @@ pub(crate) fn io_error(err: &io::Error, path: &std::path::Path) -> connect::Erro
     let path = path.display();
     let (code, message) = match err.kind() {
         io::ErrorKind::NotFound => (Code::NotFound, format!("path '{path}' does not exist")),
-        io::ErrorKind::AlreadyExists => (Code::AlreadyExists, format!("path '{path}' already exists")),
-        io::ErrorKind::PermissionDenied => (Code::PermissionDenied, format!("permission denied: '{path}'")),
-        io::ErrorKind::NotADirectory => (Code::InvalidArgument, format!("path '{path}' is not a directory")),
-        io::ErrorKind::IsADirectory => (Code::InvalidArgument, format!("path '{path}' is a directory")),
-        io::ErrorKind::StorageFull => (Code::ResourceExhausted, format!("not enough disk space for '{path}'")),
+        io::ErrorKind::AlreadyExists => {
+            (Code::AlreadyExists, format!("path '{path}' already exists"))
+        }
+        io::ErrorKind::PermissionDenied => (
+            Code::PermissionDenied,
+            format!("permission denied: '{path}'"),
+        ),
+        io::ErrorKind::NotADirectory => (
+            Code::InvalidArgument,
+            format!("path '{path}' is not a directory"),
+        ),
+        io::ErrorKind::IsADirectory => (
+            Code::InvalidArgument,
+            format!("path '{path}' is a directory"),
+        ),
+        io::ErrorKind::StorageFull => (
+            Code::ResourceExhausted,
+            format!("not enough disk space for '{path}'"),
+        ),
         _ => (Code::Internal, format!("'{path}': {err}")),
     };
     connect::Error::new(code, message)

@@ -33,14 +33,19 @@ pub(crate) enum WatchError {
     #[error("path '{0}' is on a network mount; pass allow_network_mounts to watch it")]
     NetworkMount(PathBuf),
     #[error("cannot watch '{path}': {source}")]
-    Notify { path: PathBuf, source: notify::Error },
+    Notify {
+        path: PathBuf,
+        source: notify::Error,
+    },
 }
 
 impl From<WatchError> for connect::Error {
     fn from(err: WatchError) -> Self {
         let code = match err {
             WatchError::NotFound(_) => connect::Code::NotFound,
-            WatchError::NotADirectory(_) | WatchError::NetworkMount(_) => connect::Code::InvalidArgument,
+            WatchError::NotADirectory(_) | WatchError::NetworkMount(_) => {
+                connect::Code::InvalidArgument
+            }
             WatchError::Notify { .. } => connect::Code::Internal,
         };
         connect::Error::new(code, err.to_string())
@@ -62,21 +67,39 @@ pub(crate) fn watch(
         return Err(WatchError::NetworkMount(root.to_owned()));
     }
     let watched = root.to_owned();
-    let notify_error = |source| WatchError::Notify { path: root.to_owned(), source };
+    let notify_error = |source| WatchError::Notify {
+        path: root.to_owned(),
+        source,
+    };
     let mut watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
         let Ok(event) = result else { return };
-        let Some(kind) = event_type(&event.kind) else { return };
+        let Some(kind) = event_type(&event.kind) else {
+            return;
+        };
         for path in &event.paths {
-            let Ok(relative) = path.strip_prefix(&watched) else { continue };
+            let Ok(relative) = path.strip_prefix(&watched) else {
+                continue;
+            };
             if relative.as_os_str().is_empty() {
                 continue;
             }
-            let entry = options.include_entry.then(|| EntryReader::default().read(path).ok()).flatten();
-            sink(FilesystemEvent { name: relative.to_string_lossy().into_owned(), r#type: kind as i32, entry });
+            let entry = options
+                .include_entry
+                .then(|| EntryReader::default().read(path).ok())
+                .flatten();
+            sink(FilesystemEvent {
+                name: relative.to_string_lossy().into_owned(),
+                r#type: kind as i32,
+                entry,
+            });
         }
     })
     .map_err(notify_error)?;
-    let mode = if options.recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+    let mode = if options.recursive {
+        RecursiveMode::Recursive
+    } else {
+        RecursiveMode::NonRecursive
+    };
     watcher.watch(root, mode).map_err(notify_error)?;
     Ok(watcher)
 }
@@ -85,7 +108,9 @@ pub(crate) fn watch(
 /// out is a rename.
 fn event_type(kind: &EventKind) -> Option<EventType> {
     match kind {
-        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Some(EventType::Create),
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+            Some(EventType::Create)
+        }
         EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => None,
         EventKind::Modify(ModifyKind::Name(_)) => Some(EventType::Rename),
         EventKind::Modify(ModifyKind::Metadata(_)) => Some(EventType::Chmod),
@@ -97,15 +122,15 @@ fn event_type(kind: &EventKind) -> Option<EventType> {
 
 fn is_network_mount(path: &Path) -> bool {
     const NETWORK_FS_MAGICS: &[i64] = &[
-        0x6969,              // NFS
-        0x517b,              // SMB
-        0xff53_4d42,         // CIFS
-        0xfe53_4d42,         // SMB2
-        0x00c3_6400,         // Ceph
-        0x5346_414f,         // AFS
+        0x6969,      // NFS
+        0x517b,      // SMB
+        0xff53_4d42, // CIFS
+        0xfe53_4d42, // SMB2
+        0x00c3_6400, // Ceph
+        0x5346_414f, // AFS
     ];
     nix::sys::statfs::statfs(path)
-        .map(|stats| NETWORK_FS_MAGICS.contains(&(stats.filesystem_type().0 as i64)))
+        .map(|stats| NETWORK_FS_MAGICS.contains(&stats.filesystem_type().0))
         .unwrap_or(false)
 }
 
@@ -132,7 +157,13 @@ impl Watchers {
             buffer.push_back(event);
         })?;
         let id = format!("w-{:016x}", rand_u64());
-        self.lock().insert(id.clone(), PolledWatcher { _watcher: watcher, events });
+        self.lock().insert(
+            id.clone(),
+            PolledWatcher {
+                _watcher: watcher,
+                events,
+            },
+        );
         Ok(id)
     }
 
@@ -172,10 +203,22 @@ mod tests {
     fn event_kinds() {
         let table = [
             (EventKind::Create(CreateKind::File), Some(EventType::Create)),
-            (EventKind::Modify(ModifyKind::Data(DataChange::Any)), Some(EventType::Write)),
-            (EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)), Some(EventType::Chmod)),
-            (EventKind::Modify(ModifyKind::Name(RenameMode::From)), Some(EventType::Rename)),
-            (EventKind::Modify(ModifyKind::Name(RenameMode::To)), Some(EventType::Create)),
+            (
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                Some(EventType::Write),
+            ),
+            (
+                EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+                Some(EventType::Chmod),
+            ),
+            (
+                EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+                Some(EventType::Rename),
+            ),
+            (
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                Some(EventType::Create),
+            ),
             (EventKind::Modify(ModifyKind::Name(RenameMode::Both)), None),
             (EventKind::Remove(RemoveKind::File), Some(EventType::Remove)),
         ];
@@ -194,13 +237,20 @@ mod live_tests {
     async fn stream_watch_sees_a_create() {
         let dir = tempfile::tempdir().unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let options = WatchOptions { recursive: false, include_entry: true, allow_network_mounts: false };
+        let options = WatchOptions {
+            recursive: false,
+            include_entry: true,
+            allow_network_mounts: false,
+        };
         let _watcher = watch(dir.path(), options, move |event| {
             let _ = tx.send(event);
         })
         .unwrap();
         std::fs::write(dir.path().join("a"), "x").unwrap();
-        let event = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(event.name, "a");
         assert!(event.entry.is_some());
     }

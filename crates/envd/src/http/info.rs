@@ -8,7 +8,10 @@ use serde::Serialize;
 use std::{collections::BTreeMap, sync::Arc, sync::Mutex};
 
 pub(super) async fn health() -> impl IntoResponse {
-    (StatusCode::NO_CONTENT, [(ENVD_VERSION_HEADER, ENVD_VERSION)])
+    (
+        StatusCode::NO_CONTENT,
+        [(ENVD_VERSION_HEADER, ENVD_VERSION)],
+    )
 }
 
 pub(super) async fn envs(State(envd): State<Arc<Envd>>) -> Json<BTreeMap<String, String>> {
@@ -35,7 +38,10 @@ pub(super) async fn metrics(State(envd): State<Arc<Envd>>) -> Json<Metrics> {
     let (disk_total, disk_used) = nix::sys::statvfs::statvfs("/")
         .map(|s| {
             let block = s.fragment_size();
-            (s.blocks() * block, s.blocks().saturating_sub(s.blocks_free()) * block)
+            (
+                s.blocks() * block,
+                s.blocks().saturating_sub(s.blocks_free()) * block,
+            )
         })
         .unwrap_or_default();
     let mem_used = memory.total.saturating_sub(memory.available);
@@ -65,7 +71,10 @@ fn read_meminfo() -> Option<Memory> {
     let mut memory = Memory::default();
     for line in text.lines() {
         let mut fields = line.split_whitespace();
-        let (Some(key), Some(kib)) = (fields.next(), fields.next().and_then(|v| v.parse::<u64>().ok())) else {
+        let (Some(key), Some(kib)) = (
+            fields.next(),
+            fields.next().and_then(|v| v.parse::<u64>().ok()),
+        ) else {
             continue;
         };
         match key {
@@ -86,11 +95,15 @@ pub(crate) struct CpuSampler {
 
 impl CpuSampler {
     fn used_pct(&self) -> f64 {
-        let Some((busy, total)) = read_cpu_times() else { return 0.0 };
+        let Some((busy, total)) = read_cpu_times() else {
+            return 0.0;
+        };
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let previous = last.replace((busy, total));
         let (busy_delta, total_delta) = match previous {
-            Some((prev_busy, prev_total)) if total > prev_total => (busy - prev_busy.min(busy), total - prev_total),
+            Some((prev_busy, prev_total)) if total > prev_total => {
+                (busy - prev_busy.min(busy), total - prev_total)
+            }
             // First call: the average since boot.
             _ => (busy, total.max(1)),
         };
@@ -101,7 +114,11 @@ impl CpuSampler {
 fn read_cpu_times() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
     let line = text.lines().find(|line| line.starts_with("cpu "))?;
-    let values: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
     let total: u64 = values.iter().take(8).sum();
     // idle + iowait
     let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);

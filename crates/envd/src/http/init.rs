@@ -34,7 +34,8 @@ pub(super) async fn init(
     let request: InitRequest = if body.iter().all(u8::is_ascii_whitespace) {
         InitRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| HttpError::bad_request(format!("invalid init request: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| HttpError::bad_request(format!("invalid init request: {e}")))?
     };
     let timestamp = request
         .timestamp
@@ -65,5 +66,11 @@ pub(super) async fn init(
             defaults.last_init = timestamp;
         }
     }
-    Ok((StatusCode::NO_CONTENT, [(CACHE_CONTROL.as_str(), "no-store"), (ENVD_VERSION_HEADER, ENVD_VERSION)]))
+    Ok((
+        StatusCode::NO_CONTENT,
+        [
+            (CACHE_CONTROL.as_str(), "no-store"),
+            (ENVD_VERSION_HEADER, ENVD_VERSION),
+        ],
+    ))
 }

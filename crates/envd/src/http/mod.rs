@@ -40,7 +40,10 @@ struct ErrorBody<'a> {
 
 impl HttpError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        HttpError { status, message: message.into() }
+        HttpError {
+            status,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -50,7 +53,10 @@ impl HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { code: self.status.as_u16(), message: &self.message };
+        let body = ErrorBody {
+            code: self.status.as_u16(),
+            message: &self.message,
+        };
         (self.status, Json(body)).into_response()
     }
 }

@@ -117,13 +117,23 @@ impl ProcessTable {
         let cmd = spec.cmd.clone();
         let spawned = spawn::spawn(spec).map_err(|source| ProcessError::Spawn { cmd, source })?;
         let mut child = spawned.child;
-        let pid = child.id().ok_or(ProcessError::Precondition("process exited before start"))?;
+        let pid = child
+            .id()
+            .ok_or(ProcessError::Precondition("process exited before start"))?;
 
         let (pty_master, input, readers) = match spawned.io {
-            spawn::Io::Pipes { stdin, stdout, stderr } => (None, Input::Pipe(stdin), Readers::Pipes(stdout, stderr)),
+            spawn::Io::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => (None, Input::Pipe(stdin), Readers::Pipes(stdout, stderr)),
             spawn::Io::Pty(master) => {
                 let master = Arc::new(master);
-                (Some(master.clone()), Input::Pty(master.clone()), Readers::Pty(master))
+                (
+                    Some(master.clone()),
+                    Input::Pty(master.clone()),
+                    Readers::Pty(master),
+                )
             }
         };
         let (subscriber, events) = mpsc::channel(SUBSCRIBER_BUFFER);
@@ -133,7 +143,10 @@ impl ProcessTable {
             config,
             input: tokio::sync::Mutex::new(input),
             pty: pty_master,
-            state: Mutex::new(State { subscribers: vec![subscriber], end: None }),
+            state: Mutex::new(State {
+                subscribers: vec![subscriber],
+                end: None,
+            }),
             exited: watch::channel(false).0,
         });
         self.lock().insert(pid, process.clone());
@@ -177,21 +190,32 @@ impl ProcessTable {
     pub(crate) fn get_running(&self, selector: &Selector) -> Result<Arc<Process>, ProcessError> {
         let process = self.get(selector)?;
         if process.has_exited() {
-            return Err(ProcessError::NotFound(format!("with pid {} (it has exited)", process.pid)));
+            return Err(ProcessError::NotFound(format!(
+                "with pid {} (it has exited)",
+                process.pid
+            )));
         }
         Ok(process)
     }
 
     /// Running processes, by pid.
     pub(crate) fn running(&self) -> Vec<Arc<Process>> {
-        let mut running: Vec<_> = self.lock().values().filter(|p| !p.has_exited()).cloned().collect();
+        let mut running: Vec<_> = self
+            .lock()
+            .values()
+            .filter(|p| !p.has_exited())
+            .cloned()
+            .collect();
         running.sort_by_key(|p| p.pid);
         running
     }
 
     fn remove_if_same(&self, process: &Arc<Process>) {
         let mut processes = self.lock();
-        if processes.get(&process.pid).is_some_and(|p| Arc::ptr_eq(p, process)) {
+        if processes
+            .get(&process.pid)
+            .is_some_and(|p| Arc::ptr_eq(p, process))
+        {
             processes.remove(&process.pid);
         }
     }
@@ -241,9 +265,13 @@ impl Process {
     /// Sends a signal to the process's group, so children it forked get it too.
     pub(crate) fn signal(&self, signal: Signal) -> Result<(), ProcessError> {
         if self.has_exited() {
-            return Err(ProcessError::NotFound(format!("with pid {} (it has exited)", self.pid)));
+            return Err(ProcessError::NotFound(format!(
+                "with pid {} (it has exited)",
+                self.pid
+            )));
         }
-        let pid = i32::try_from(self.pid).map_err(|_| ProcessError::NotFound(self.pid.to_string()))?;
+        let pid =
+            i32::try_from(self.pid).map_err(|_| ProcessError::NotFound(self.pid.to_string()))?;
         nix::sys::signal::killpg(Pid::from_raw(pid), signal)
             .or_else(|_| nix::sys::signal::kill(Pid::from_raw(pid), signal))
             .map_err(|e| ProcessError::Io(e.into()))
@@ -259,7 +287,9 @@ impl Process {
                 stdin.flush().await?;
             }
             (Input::Pipe(None), false) => {
-                return Err(ProcessError::Precondition("stdin of this process is closed or was not requested"));
+                return Err(ProcessError::Precondition(
+                    "stdin of this process is closed or was not requested",
+                ));
             }
             (Input::Pipe(_), true) => return Err(ProcessError::Precondition("process has no pty")),
         }
@@ -273,12 +303,17 @@ impl Process {
                 stdin.take();
                 Ok(())
             }
-            Input::Pty(_) => Err(ProcessError::Precondition("cannot close stdin of a pty process; send EOF (0x04) instead")),
+            Input::Pty(_) => Err(ProcessError::Precondition(
+                "cannot close stdin of a pty process; send EOF (0x04) instead",
+            )),
         }
     }
 
     pub(crate) fn resize(&self, cols: u16, rows: u16) -> Result<(), ProcessError> {
-        let pty = self.pty.as_ref().ok_or(ProcessError::Precondition("process has no pty"))?;
+        let pty = self
+            .pty
+            .as_ref()
+            .ok_or(ProcessError::Precondition("process has no pty"))?;
         Ok(pty.resize(cols, rows)?)
     }
 
@@ -328,7 +363,9 @@ impl Readers {
 }
 
 fn data(output: Vec<u8>, wrap: fn(Vec<u8>) -> process_event::data_event::Output) -> Event {
-    Event::Data(process_event::DataEvent { output: Some(wrap(output)) })
+    Event::Data(process_event::DataEvent {
+        output: Some(wrap(output)),
+    })
 }
 
 /// Reads a pipe until EOF, or until it has been drained after the process exited.
@@ -446,11 +483,17 @@ mod tests {
     #[test]
     fn end_events_match_go_process_state() {
         let ok = end_event(Ok(ExitStatus::from_raw(0)));
-        assert_eq!((ok.exit_code, ok.exited, ok.status.as_str(), ok.error), (0, true, "exit status 0", None));
+        assert_eq!(
+            (ok.exit_code, ok.exited, ok.status.as_str(), ok.error),
+            (0, true, "exit status 0", None)
+        );
         let failed = end_event(Ok(ExitStatus::from_raw(3 << 8)));
         assert_eq!(failed.exit_code, 3);
         assert_eq!(failed.error.as_deref(), Some("exit status 3"));
         let killed = end_event(Ok(ExitStatus::from_raw(libc::SIGKILL)));
-        assert_eq!((killed.exit_code, killed.exited, killed.status.as_str()), (-1, false, "signal: killed"));
+        assert_eq!(
+            (killed.exit_code, killed.exited, killed.status.as_str()),
+            (-1, false, "signal: killed")
+        );
     }
 }

@@ -18,7 +18,12 @@ pub(crate) struct PtyMaster {
 /// Opens a pty pair of the given size. Both ends are close-on-exec, so the child only gets the
 /// slave through the stdio it is explicitly given.
 pub(crate) fn open(cols: u16, rows: u16) -> io::Result<(PtyMaster, OwnedFd)> {
-    let size = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let size = nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     let pair = nix::pty::openpty(Some(&size), None)?;
     for fd in [&pair.master, &pair.slave] {
         fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
@@ -27,7 +32,8 @@ pub(crate) fn open(cols: u16, rows: u16) -> io::Result<(PtyMaster, OwnedFd)> {
     fcntl(&pair.master, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     // SAFETY: `pair.master` is an open fd owned by the OwnedFd moved into the AsyncFd, which
     // keeps it open, unchanged, until the AsyncFd is dropped.
-    let fd = unsafe { AsyncFd::register(pair.master) }.map_err(|e| io::Error::other(e.to_string()))?;
+    let fd =
+        unsafe { AsyncFd::register(pair.master) }.map_err(|e| io::Error::other(e.to_string()))?;
     Ok((PtyMaster { fd }, pair.slave))
 }
 
@@ -45,7 +51,8 @@ impl PtyMaster {
     pub(crate) async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let mut guard = self.fd.writable().await?;
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from)) {
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
+            {
                 Ok(Ok(written)) => data = &data[written..],
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
@@ -55,10 +62,19 @@ impl PtyMaster {
     }
 
     pub(crate) fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
-        let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which lives across the call;
         // the fd is an open pty master owned by `self`.
         let rc = unsafe { libc::ioctl(self.fd.get_ref().as_raw_fd(), libc::TIOCSWINSZ, &size) };
-        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 }

@@ -27,7 +27,11 @@ pub(crate) struct Spawned {
 }
 
 pub(crate) enum Io {
-    Pipes { stdin: Option<ChildStdin>, stdout: ChildStdout, stderr: ChildStderr },
+    Pipes {
+        stdin: Option<ChildStdin>,
+        stdout: ChildStdout,
+        stderr: ChildStderr,
+    },
     Pty(PtyMaster),
 }
 
@@ -35,7 +39,11 @@ pub(crate) enum Io {
 /// everything it forks, running as `spec.user` with that user's groups.
 pub(crate) fn spawn(spec: Spec) -> io::Result<Spawned> {
     let mut command = Command::new(&spec.cmd);
-    command.args(&spec.args).env_clear().envs(spec.env.iter().cloned()).current_dir(&spec.cwd);
+    command
+        .args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().cloned())
+        .current_dir(&spec.cwd);
     let credentials = Credentials::for_user(&spec.user);
 
     let pty_master = match spec.pty {
@@ -62,8 +70,16 @@ pub(crate) fn spawn(spec: Spec) -> io::Result<Spawned> {
             Some(master)
         }
         None => {
-            let stdin = if spec.stdin { Stdio::piped() } else { Stdio::null() };
-            command.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+            let stdin = if spec.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            };
+            command
+                .stdin(stdin)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
             // SAFETY: as above, only async-signal-safe syscalls on pre-built data.
             unsafe {
                 command.pre_exec(move || credentials.apply());
@@ -77,8 +93,14 @@ pub(crate) fn spawn(spec: Spec) -> io::Result<Spawned> {
         Some(master) => Io::Pty(master),
         None => Io::Pipes {
             stdin: child.stdin.take(),
-            stdout: child.stdout.take().ok_or_else(|| io::Error::other("stdout was not piped"))?,
-            stderr: child.stderr.take().ok_or_else(|| io::Error::other("stderr was not piped"))?,
+            stdout: child
+                .stdout
+                .take()
+                .ok_or_else(|| io::Error::other("stdout was not piped"))?,
+            stderr: child
+                .stderr
+                .take()
+                .ok_or_else(|| io::Error::other("stderr was not piped"))?,
         },
     };
     Ok(Spawned { child, io })
@@ -94,7 +116,11 @@ struct Credentials {
 
 impl Credentials {
     fn for_user(user: &User) -> Self {
-        Credentials { uid: user.uid, gid: user.gid, groups: user.groups.clone() }
+        Credentials {
+            uid: user.uid,
+            gid: user.gid,
+            groups: user.groups.clone(),
+        }
     }
 
     /// Switches to the user. A no-op when envd already runs as that user (unprivileged runs).

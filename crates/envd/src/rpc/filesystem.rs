@@ -15,10 +15,11 @@ use crate::{
 use axum::Router;
 use connect::{Code, Error};
 use envd_proto::filesystem::{
-    CreateWatcherRequest, CreateWatcherResponse, EntryInfo, GetWatcherEventsRequest, GetWatcherEventsResponse,
-    ListDirRequest, ListDirResponse, MakeDirRequest, MakeDirResponse, MoveRequest, MoveResponse, RemoveRequest,
-    RemoveResponse, RemoveWatcherRequest, RemoveWatcherResponse, StatRequest, StatResponse, WatchDirRequest,
-    WatchDirResponse, paths as rpc, watch_dir_response,
+    CreateWatcherRequest, CreateWatcherResponse, EntryInfo, GetWatcherEventsRequest,
+    GetWatcherEventsResponse, ListDirRequest, ListDirResponse, MakeDirRequest, MakeDirResponse,
+    MoveRequest, MoveResponse, RemoveRequest, RemoveResponse, RemoveWatcherRequest,
+    RemoveWatcherResponse, StatRequest, StatResponse, WatchDirRequest, WatchDirResponse,
+    paths as rpc, watch_dir_response,
 };
 use std::{
     io,
@@ -48,33 +49,51 @@ fn resolve(envd: &Envd, call: &Call, path: &str) -> Result<(User, PathBuf), Erro
 }
 
 /// Runs blocking filesystem work off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
-    spawn_blocking(work).await.map_err(|e| Error::internal(format!("filesystem task failed: {e}")))?
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    spawn_blocking(work)
+        .await
+        .map_err(|e| Error::internal(format!("filesystem task failed: {e}")))?
 }
 
 async fn stat(envd: Arc<Envd>, call: Call, request: StatRequest) -> Result<StatResponse, Error> {
     let (_, path) = resolve(&envd, &call, &request.path)?;
     blocking(move || {
-        let entry = EntryReader::default().read(&path).map_err(|e| io_error(&e, &path))?;
+        let entry = EntryReader::default()
+            .read(&path)
+            .map_err(|e| io_error(&e, &path))?;
         Ok(StatResponse { entry: Some(entry) })
     })
     .await
 }
 
-async fn make_dir(envd: Arc<Envd>, call: Call, request: MakeDirRequest) -> Result<MakeDirResponse, Error> {
+async fn make_dir(
+    envd: Arc<Envd>,
+    call: Call,
+    request: MakeDirRequest,
+) -> Result<MakeDirResponse, Error> {
     let (user, path) = resolve(&envd, &call, &request.path)?;
     blocking(move || {
         match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_dir() => {
-                return Err(Error::new(Code::AlreadyExists, format!("directory '{}' already exists", path.display())));
+                return Err(Error::new(
+                    Code::AlreadyExists,
+                    format!("directory '{}' already exists", path.display()),
+                ));
             }
             Ok(_) => {
-                return Err(Error::invalid_argument(format!("path '{}' exists and is not a directory", path.display())));
+                return Err(Error::invalid_argument(format!(
+                    "path '{}' exists and is not a directory",
+                    path.display()
+                )));
             }
             Err(_) => {}
         }
         create_dirs_owned(&path, &user).map_err(|e| io_error(&e, &path))?;
-        let entry = EntryReader::default().read(&path).map_err(|e| io_error(&e, &path))?;
+        let entry = EntryReader::default()
+            .read(&path)
+            .map_err(|e| io_error(&e, &path))?;
         Ok(MakeDirResponse { entry: Some(entry) })
     })
     .await
@@ -98,7 +117,11 @@ pub(crate) fn create_dirs_owned(path: &Path, user: &User) -> io::Result<()> {
     Ok(())
 }
 
-async fn move_entry(envd: Arc<Envd>, call: Call, request: MoveRequest) -> Result<MoveResponse, Error> {
+async fn move_entry(
+    envd: Arc<Envd>,
+    call: Call,
+    request: MoveRequest,
+) -> Result<MoveResponse, Error> {
     let (user, source) = resolve(&envd, &call, &request.source)?;
     let destination = paths::resolve(&request.destination, &user.home);
     blocking(move || {
@@ -107,35 +130,52 @@ async fn move_entry(envd: Arc<Envd>, call: Call, request: MoveRequest) -> Result
             create_dirs_owned(parent, &user).map_err(|e| io_error(&e, parent))?;
         }
         std::fs::rename(&source, &destination).map_err(|e| io_error(&e, &destination))?;
-        let entry = EntryReader::default().read(&destination).map_err(|e| io_error(&e, &destination))?;
+        let entry = EntryReader::default()
+            .read(&destination)
+            .map_err(|e| io_error(&e, &destination))?;
         Ok(MoveResponse { entry: Some(entry) })
     })
     .await
 }
 
-async fn list_dir(envd: Arc<Envd>, call: Call, request: ListDirRequest) -> Result<ListDirResponse, Error> {
+async fn list_dir(
+    envd: Arc<Envd>,
+    call: Call,
+    request: ListDirRequest,
+) -> Result<ListDirResponse, Error> {
     let (_, path) = resolve(&envd, &call, &request.path)?;
     let depth = request.depth.max(1);
     blocking(move || {
         let metadata = std::fs::metadata(&path).map_err(|e| io_error(&e, &path))?;
         if !metadata.is_dir() {
-            return Err(Error::invalid_argument(format!("path '{}' is not a directory", path.display())));
+            return Err(Error::invalid_argument(format!(
+                "path '{}' is not a directory",
+                path.display()
+            )));
         }
         let mut entries = Vec::new();
-        list_into(&mut EntryReader::default(), &path, depth, &mut entries).map_err(|e| io_error(&e, &path))?;
+        list_into(&mut EntryReader::default(), &path, depth, &mut entries)
+            .map_err(|e| io_error(&e, &path))?;
         Ok(ListDirResponse { entries })
     })
     .await
 }
 
 /// Appends the entries under `dir`, descending `depth - 1` more levels (never through symlinks).
-fn list_into(reader: &mut EntryReader, dir: &Path, depth: u32, out: &mut Vec<EntryInfo>) -> io::Result<()> {
+fn list_into(
+    reader: &mut EntryReader,
+    dir: &Path,
+    depth: u32,
+    out: &mut Vec<EntryInfo>,
+) -> io::Result<()> {
     let mut children: Vec<_> = std::fs::read_dir(dir)?.filter_map(Result::ok).collect();
     children.sort_by_key(|child| child.file_name());
     for child in children {
         let path = child.path();
-        let Ok(metadata) = child.metadata() else { continue };
-        out.push(reader.from_metadata(&path, &metadata));
+        let Ok(metadata) = child.metadata() else {
+            continue;
+        };
+        out.push(reader.describe(&path, &metadata));
         if depth > 1 && metadata.is_dir() {
             // An unreadable subdirectory is listed but not descended into.
             let _ = list_into(reader, &path, depth - 1, out);
@@ -144,7 +184,11 @@ fn list_into(reader: &mut EntryReader, dir: &Path, depth: u32, out: &mut Vec<Ent
     Ok(())
 }
 
-async fn remove(envd: Arc<Envd>, call: Call, request: RemoveRequest) -> Result<RemoveResponse, Error> {
+async fn remove(
+    envd: Arc<Envd>,
+    call: Call,
+    request: RemoveRequest,
+) -> Result<RemoveResponse, Error> {
     let (_, path) = resolve(&envd, &call, &request.path)?;
     blocking(move || {
         let result = match std::fs::symlink_metadata(&path) {
@@ -177,7 +221,13 @@ async fn watch_dir(
         let _ = tx.send(event);
     })?;
     let send = |event| WatchDirResponse { event: Some(event) };
-    if sink.send(&send(watch_dir_response::Event::Start(watch_dir_response::StartEvent {}))).await.is_err() {
+    if sink
+        .send(&send(watch_dir_response::Event::Start(
+            watch_dir_response::StartEvent {},
+        )))
+        .await
+        .is_err()
+    {
         return Ok(());
     }
     let keepalive = call.keepalive();
@@ -227,10 +277,17 @@ async fn get_watcher_events(
     Ok(GetWatcherEventsResponse { events })
 }
 
-async fn remove_watcher(envd: Arc<Envd>, _: Call, request: RemoveWatcherRequest) -> Result<RemoveWatcherResponse, Error> {
+async fn remove_watcher(
+    envd: Arc<Envd>,
+    _: Call,
+    request: RemoveWatcherRequest,
+) -> Result<RemoveWatcherResponse, Error> {
     if envd.watchers.remove(&request.watcher_id) {
         Ok(RemoveWatcherResponse {})
     } else {
-        Err(Error::not_found(format!("watcher '{}' not found", request.watcher_id)))
+        Err(Error::not_found(format!(
+            "watcher '{}' not found",
+            request.watcher_id
+        )))
     }
 }

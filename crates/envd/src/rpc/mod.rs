@@ -20,7 +20,7 @@ use axum::{
     routing::{MethodRouter, post},
 };
 use bytes::Bytes;
-use connect::{Codec, Code, Error, Kind, Message, envelope};
+use connect::{Code, Codec, Error, Kind, Message, envelope};
 use http::{HeaderMap, HeaderValue, StatusCode, header::CONTENT_TYPE};
 use http_body_util::BodyExt;
 use std::{convert::Infallible, future::Future, marker::PhantomData, sync::Arc, time::Duration};
@@ -40,8 +40,10 @@ impl Call {
     /// The run-as user: `Authorization: Basic` if given, else the default user. An unknown user
     /// is `unauthenticated`, like E2B's envd.
     pub(crate) fn user(&self, envd: &Envd) -> Result<User, Error> {
-        let requested = auth::basic_auth_user(&self.headers).map_err(|e| Error::new(Code::Unauthenticated, e))?;
-        envd.user(requested.as_deref()).map_err(|e| Error::new(Code::Unauthenticated, e.to_string()))
+        let requested = auth::basic_auth_user(&self.headers)
+            .map_err(|e| Error::new(Code::Unauthenticated, e))?;
+        envd.user(requested.as_deref())
+            .map_err(|e| Error::new(Code::Unauthenticated, e.to_string()))
     }
 
     /// `Connect-Timeout-Ms`, if any.
@@ -72,7 +74,11 @@ pub(crate) struct StreamSink<M> {
 
 impl<M> Clone for StreamSink<M> {
     fn clone(&self) -> Self {
-        StreamSink { frames: self.frames.clone(), codec: self.codec, _message: PhantomData }
+        StreamSink {
+            frames: self.frames.clone(),
+            codec: self.codec,
+            _message: PhantomData,
+        }
     }
 }
 
@@ -106,22 +112,30 @@ where
             let (parts, body) = request.into_parts();
             let codec = match negotiate(&parts.headers, Kind::Unary) {
                 Ok(codec) => codec,
-                Err(response) => return response,
+                Err(refusal) => return refusal.into_response(),
             };
             let result = async {
                 let bytes = read_unary_body(body).await?;
                 let message = codec.decode::<Req>(&bytes)?;
-                let call = Call { headers: parts.headers };
+                let call = Call {
+                    headers: parts.headers,
+                };
                 match call.timeout() {
                     Some(limit) => tokio::time::timeout(limit, handler(envd, call, message))
                         .await
-                        .unwrap_or_else(|_| Err(Error::new(Code::DeadlineExceeded, "deadline exceeded"))),
+                        .unwrap_or_else(|_| {
+                            Err(Error::new(Code::DeadlineExceeded, "deadline exceeded"))
+                        }),
                     None => handler(envd, call, message).await,
                 }
             }
             .await;
             match result {
-                Ok(message) => ([(CONTENT_TYPE, codec.content_type(Kind::Unary))], codec.encode(&message)).into_response(),
+                Ok(message) => (
+                    [(CONTENT_TYPE, codec.content_type(Kind::Unary))],
+                    codec.encode(&message),
+                )
+                    .into_response(),
                 Err(error) => unary_error(&error),
             }
         }
@@ -142,19 +156,33 @@ where
             let (parts, body) = request.into_parts();
             let codec = match negotiate(&parts.headers, Kind::Streaming) {
                 Ok(codec) => codec,
-                Err(response) => return response,
+                Err(refusal) => return refusal.into_response(),
+            };
+            // Like connect-go, read the request before answering: the SDKs stream the request
+            // body concurrently with reading the response, and answering first races them.
+            let message = match read_single_message::<Req>(body, codec).await {
+                Ok(message) => message,
+                Err(error) => {
+                    return streaming_response(
+                        codec,
+                        Body::from(envelope::encode_end_stream(Some(&error))),
+                    );
+                }
             };
             let (frames, rx) = mpsc::channel(STREAM_BUFFER);
-            let sink = StreamSink::<Resp> { frames: frames.clone(), codec, _message: PhantomData };
-            let call = Call { headers: parts.headers };
+            let sink = StreamSink::<Resp> {
+                frames: frames.clone(),
+                codec,
+                _message: PhantomData,
+            };
+            let call = Call {
+                headers: parts.headers,
+            };
             tokio::spawn(async move {
-                let mut requests = FrameReader::<Req>::new(body, codec);
-                let result = match requests.next().await {
-                    Some(Ok(message)) => handler(envd, call, message, sink).await,
-                    Some(Err(error)) => Err(error),
-                    None => Err(Error::invalid_argument("stream request has no message")),
-                };
-                let _ = frames.send(envelope::encode_end_stream(result.err().as_ref())).await;
+                let result = handler(envd, call, message, sink).await;
+                let _ = frames
+                    .send(envelope::encode_end_stream(result.err().as_ref()))
+                    .await;
             });
             stream_response(codec, rx)
         }
@@ -175,9 +203,11 @@ where
             let (parts, body) = request.into_parts();
             let codec = match negotiate(&parts.headers, Kind::Streaming) {
                 Ok(codec) => codec,
-                Err(response) => return response,
+                Err(refusal) => return refusal.into_response(),
             };
-            let call = Call { headers: parts.headers };
+            let call = Call {
+                headers: parts.headers,
+            };
             let mut out = Vec::new();
             let end = match handler(envd, call, FrameReader::new(body, codec)).await {
                 Ok(message) => {
@@ -192,6 +222,30 @@ where
     })
 }
 
+/// How long a server-streaming request may take to end its body after its one message.
+const REQUEST_END_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads the one request message of a server stream, and the body to its end (the SDKs send
+/// the terminating chunk right after the message).
+async fn read_single_message<M: Message>(body: Body, codec: Codec) -> Result<M, Error> {
+    let mut requests = FrameReader::<M>::new(body, codec);
+    let message = match requests.next().await {
+        Some(message) => message?,
+        None => return Err(Error::invalid_argument("stream request has no message")),
+    };
+    match tokio::time::timeout(REQUEST_END_TIMEOUT, requests.next()).await {
+        Ok(None) => Ok(message),
+        Ok(Some(Err(error))) => Err(error),
+        Ok(Some(Ok(_))) => Err(Error::invalid_argument(
+            "a server-streaming request carries exactly one message",
+        )),
+        Err(_) => Err(Error::new(
+            Code::DeadlineExceeded,
+            "the request body did not end after its message",
+        )),
+    }
+}
+
 /// Reads enveloped request messages as their bytes arrive.
 pub(crate) struct FrameReader<M> {
     body: Body,
@@ -203,7 +257,13 @@ pub(crate) struct FrameReader<M> {
 
 impl<M: Message> FrameReader<M> {
     fn new(body: Body, codec: Codec) -> Self {
-        FrameReader { body, decoder: envelope::Decoder::default(), codec, done: false, _message: PhantomData }
+        FrameReader {
+            body,
+            decoder: envelope::Decoder::default(),
+            codec,
+            done: false,
+            _message: PhantomData,
+        }
     }
 
     /// The next message; `None` at a clean end of the body (or after an end-of-stream frame).
@@ -232,7 +292,10 @@ impl<M: Message> FrameReader<M> {
                 }
                 Some(Err(error)) => {
                     self.done = true;
-                    return Some(Err(Error::new(Code::Canceled, format!("reading request: {error}"))));
+                    return Some(Err(Error::new(
+                        Code::Canceled,
+                        format!("reading request: {error}"),
+                    )));
                 }
                 None => {
                     self.done = true;
@@ -243,62 +306,110 @@ impl<M: Message> FrameReader<M> {
     }
 }
 
-/// Checks `Content-Type` and compression. A mismatch is answered before any handler runs.
-fn negotiate(headers: &HeaderMap, expected: Kind) -> Result<Codec, Response> {
-    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+/// Why a request was refused before any handler ran.
+enum Refusal {
+    /// Unknown content type, or a unary type on a streaming route (or the reverse).
+    MediaType(Kind),
+    /// A compressed request: only identity is supported.
+    Compressed(Kind, Codec),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::MediaType(expected) => {
+                let accepted = match expected {
+                    Kind::Unary => "application/json, application/proto",
+                    Kind::Streaming => "application/connect+json, application/connect+proto",
+                };
+                (
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    [("accept-post", accepted)],
+                )
+                    .into_response()
+            }
+            Refusal::Compressed(kind, codec) => {
+                let error = Error::new(
+                    Code::Unimplemented,
+                    "request compression is not supported; use identity",
+                );
+                match kind {
+                    Kind::Unary => unary_error(&error),
+                    Kind::Streaming => streaming_response(
+                        codec,
+                        Body::from(envelope::encode_end_stream(Some(&error))),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// Checks `Content-Type` and compression.
+fn negotiate(headers: &HeaderMap, expected: Kind) -> Result<Codec, Refusal> {
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let codec = match Codec::from_content_type(content_type) {
         Some((codec, kind)) if kind == expected => codec,
-        _ => {
-            let accepted = match expected {
-                Kind::Unary => "application/json, application/proto",
-                Kind::Streaming => "application/connect+json, application/connect+proto",
-            };
-            return Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, [("accept-post", accepted)]).into_response());
-        }
+        _ => return Err(Refusal::MediaType(expected)),
     };
     let encoding_header = match expected {
         Kind::Unary => "content-encoding",
         Kind::Streaming => "connect-content-encoding",
     };
-    if let Some(encoding) = headers.get(encoding_header) {
-        if !encoding.as_bytes().eq_ignore_ascii_case(b"identity") {
-            let error = Error::new(Code::Unimplemented, "request compression is not supported; use identity");
-            return Err(match expected {
-                Kind::Unary => unary_error(&error),
-                Kind::Streaming => streaming_response(codec, Body::from(envelope::encode_end_stream(Some(&error)))),
-            });
+    match headers.get(encoding_header) {
+        Some(encoding) if !encoding.as_bytes().eq_ignore_ascii_case(b"identity") => {
+            Err(Refusal::Compressed(expected, codec))
         }
+        _ => Ok(codec),
     }
-    Ok(codec)
 }
 
 async fn read_unary_body(body: Body) -> Result<Bytes, Error> {
-    axum::body::to_bytes(body, connect::MAX_MESSAGE_BYTES).await.map_err(|e| {
-        let too_big = std::error::Error::source(&e)
-            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-        if too_big {
-            Error::new(Code::ResourceExhausted, format!("request exceeds {} bytes", connect::MAX_MESSAGE_BYTES))
-        } else {
-            Error::new(Code::Canceled, format!("reading request: {e}"))
-        }
-    })
+    axum::body::to_bytes(body, connect::MAX_MESSAGE_BYTES)
+        .await
+        .map_err(|e| {
+            let too_big = std::error::Error::source(&e)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if too_big {
+                Error::new(
+                    Code::ResourceExhausted,
+                    format!("request exceeds {} bytes", connect::MAX_MESSAGE_BYTES),
+                )
+            } else {
+                Error::new(Code::Canceled, format!("reading request: {e}"))
+            }
+        })
 }
 
 /// A unary error: the code's HTTP status and `{"code","message"}`.
 pub(crate) fn unary_error(error: &Error) -> Response {
-    let status = StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, [(CONTENT_TYPE, "application/json")], error.to_json()).into_response()
+    let status =
+        StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(CONTENT_TYPE, "application/json")],
+        error.to_json(),
+    )
+        .into_response()
 }
 
 fn stream_response(codec: Codec, mut frames: mpsc::Receiver<Bytes>) -> Response {
-    let stream = futures::stream::poll_fn(move |cx| frames.poll_recv(cx).map(|frame| frame.map(Ok::<_, Infallible>)));
+    let stream = futures::stream::poll_fn(move |cx| {
+        frames
+            .poll_recv(cx)
+            .map(|frame| frame.map(Ok::<_, Infallible>))
+    });
     streaming_response(codec, Body::from_stream(stream))
 }
 
 fn streaming_response(codec: Codec, body: Body) -> Response {
     let mut response = Response::new(body);
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(codec.content_type(Kind::Streaming)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(codec.content_type(Kind::Streaming)),
+    );
     response
 }

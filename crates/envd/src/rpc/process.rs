@@ -9,14 +9,14 @@ use crate::{
 use axum::Router;
 use connect::{Code, Error, Message};
 use envd_proto::process::{
-    CloseStdinRequest, CloseStdinResponse, ConnectRequest, ConnectResponse, ListRequest, ListResponse,
-    ProcessEvent, ProcessInfo, ProcessSelector, SendInputRequest, SendInputResponse, SendSignalRequest,
-    SendSignalResponse, Signal, StartRequest, StartResponse, StreamInputRequest, StreamInputResponse,
-    UpdateRequest, UpdateResponse, paths as rpc, process_event, process_input, process_selector,
-    stream_input_request,
+    CloseStdinRequest, CloseStdinResponse, ConnectRequest, ConnectResponse, ListRequest,
+    ListResponse, ProcessEvent, ProcessInfo, ProcessSelector, SendInputRequest, SendInputResponse,
+    SendSignalRequest, SendSignalResponse, Signal, StartRequest, StartResponse, StreamInputRequest,
+    StreamInputResponse, UpdateRequest, UpdateResponse, paths as rpc, process_event, process_input,
+    process_selector, stream_input_request,
 };
 use nix::sys::signal::Signal as UnixSignal;
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 use tokio::{sync::mpsc, time::Instant};
 
 /// Default terminal size when a pty is requested without one.
@@ -40,13 +40,24 @@ async fn list(envd: Arc<Envd>, _: Call, _: ListRequest) -> Result<ListResponse, 
         .processes
         .running()
         .iter()
-        .map(|p| ProcessInfo { config: Some(p.config.clone()), pid: p.pid, tag: p.tag.clone() })
+        .map(|p| ProcessInfo {
+            config: Some(p.config.clone()),
+            pid: p.pid,
+            tag: p.tag.clone(),
+        })
         .collect();
     Ok(ListResponse { processes })
 }
 
-async fn start(envd: Arc<Envd>, call: Call, request: StartRequest, sink: StreamSink<StartResponse>) -> Result<(), Error> {
-    let config = request.process.ok_or_else(|| Error::invalid_argument("'process' is required"))?;
+async fn start(
+    envd: Arc<Envd>,
+    call: Call,
+    request: StartRequest,
+    sink: StreamSink<StartResponse>,
+) -> Result<(), Error> {
+    let config = request
+        .process
+        .ok_or_else(|| Error::invalid_argument("'process' is required"))?;
     if config.cmd.is_empty() {
         return Err(Error::invalid_argument("'process.cmd' must not be empty"));
     }
@@ -55,31 +66,47 @@ async fn start(envd: Arc<Envd>, call: Call, request: StartRequest, sink: StreamS
         let defaults = envd.defaults();
         let cwd = match config.cwd.as_deref().filter(|cwd| !cwd.is_empty()) {
             Some(cwd) => paths::resolve(cwd, &user.home),
-            None => defaults.default_workdir.clone().unwrap_or_else(|| user.home.clone()),
+            None => defaults
+                .default_workdir
+                .clone()
+                .unwrap_or_else(|| user.home.clone()),
         };
         let mut env = vec![
-            ("PATH".to_owned(), std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_owned())),
+            (
+                "PATH".to_owned(),
+                std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_owned()),
+            ),
             ("HOME".to_owned(), user.home.display().to_string()),
             ("USER".to_owned(), user.name.clone()),
             ("LOGNAME".to_owned(), user.name.clone()),
             ("SHELL".to_owned(), user.shell.display().to_string()),
             ("E2B_SANDBOX".to_owned(), "true".to_owned()),
         ];
-        env.extend(defaults.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(
+            defaults
+                .env_vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         env.extend(config.envs.iter().map(|(k, v)| (k.clone(), v.clone())));
         (cwd, env)
     };
     if !cwd.is_dir() {
-        return Err(Error::invalid_argument(format!("cwd '{}' does not exist", cwd.display())));
+        return Err(Error::invalid_argument(format!(
+            "cwd '{}' does not exist",
+            cwd.display()
+        )));
     }
     let pty = request.pty.map(|pty| {
-        pty.size.map_or(DEFAULT_PTY_SIZE, |size| (clamp_u16(size.cols), clamp_u16(size.rows)))
+        pty.size.map_or(DEFAULT_PTY_SIZE, |size| {
+            (clamp_u16(size.cols), clamp_u16(size.rows))
+        })
     });
     let spec = Spec {
         cmd: config.cmd.clone(),
         args: config.args.clone(),
         env,
-        cwd: PathBuf::from(cwd),
+        cwd,
         user,
         pty,
         stdin: request.stdin.unwrap_or(true),
@@ -90,7 +117,10 @@ async fn start(envd: Arc<Envd>, call: Call, request: StartRequest, sink: StreamS
     if let Some(limit) = call.timeout() {
         process.kill_after(limit);
     }
-    follow(&process, events, &call, &sink, |event| StartResponse { event: Some(event) }).await
+    follow(&process, events, &call, &sink, |event| StartResponse {
+        event: Some(event),
+    })
+    .await
 }
 
 async fn connect_process(
@@ -101,7 +131,10 @@ async fn connect_process(
 ) -> Result<(), Error> {
     let process = envd.processes.get(&selector(request.process)?)?;
     let events = process.subscribe();
-    follow(&process, events, &call, &sink, |event| ConnectResponse { event: Some(event) }).await
+    follow(&process, events, &call, &sink, |event| ConnectResponse {
+        event: Some(event),
+    })
+    .await
 }
 
 /// Streams a process's events: the start event, output with keepalives in silences, then the
@@ -156,7 +189,11 @@ async fn sleep_until_or_forever(deadline: Option<Instant>) {
     }
 }
 
-async fn send_input(envd: Arc<Envd>, _: Call, request: SendInputRequest) -> Result<SendInputResponse, Error> {
+async fn send_input(
+    envd: Arc<Envd>,
+    _: Call,
+    request: SendInputRequest,
+) -> Result<SendInputResponse, Error> {
     let process = envd.processes.get_running(&selector(request.process)?)?;
     write_input(&process, request.input).await?;
     Ok(SendInputResponse {})
@@ -174,9 +211,12 @@ async fn stream_input(
                 process = Some(envd.processes.get_running(&selector(start.process)?)?);
             }
             Some(stream_input_request::Event::Data(data)) => {
-                let process = process
-                    .as_ref()
-                    .ok_or_else(|| Error::new(Code::FailedPrecondition, "the first message must be 'start'"))?;
+                let process = process.as_ref().ok_or_else(|| {
+                    Error::new(
+                        Code::FailedPrecondition,
+                        "the first message must be 'start'",
+                    )
+                })?;
                 write_input(process, data.input).await?;
             }
             Some(stream_input_request::Event::Keepalive(_)) | None => {}
@@ -185,7 +225,10 @@ async fn stream_input(
     Ok(StreamInputResponse {})
 }
 
-async fn write_input(process: &Process, input: Option<envd_proto::process::ProcessInput>) -> Result<(), Error> {
+async fn write_input(
+    process: &Process,
+    input: Option<envd_proto::process::ProcessInput>,
+) -> Result<(), Error> {
     match input.and_then(|input| input.input) {
         Some(process_input::Input::Stdin(data)) => Ok(process.write_input(&data, false).await?),
         Some(process_input::Input::Pty(data)) => Ok(process.write_input(&data, true).await?),
@@ -193,18 +236,30 @@ async fn write_input(process: &Process, input: Option<envd_proto::process::Proce
     }
 }
 
-async fn send_signal(envd: Arc<Envd>, _: Call, request: SendSignalRequest) -> Result<SendSignalResponse, Error> {
+async fn send_signal(
+    envd: Arc<Envd>,
+    _: Call,
+    request: SendSignalRequest,
+) -> Result<SendSignalResponse, Error> {
     let signal = match Signal::try_from(request.signal) {
         Ok(Signal::Sigkill) => UnixSignal::SIGKILL,
         Ok(Signal::Sigterm) => UnixSignal::SIGTERM,
-        _ => return Err(Error::invalid_argument("'signal' must be SIGNAL_SIGKILL or SIGNAL_SIGTERM")),
+        _ => {
+            return Err(Error::invalid_argument(
+                "'signal' must be SIGNAL_SIGKILL or SIGNAL_SIGTERM",
+            ));
+        }
     };
     let process = envd.processes.get_running(&selector(request.process)?)?;
     process.signal(signal)?;
     Ok(SendSignalResponse {})
 }
 
-async fn close_stdin(envd: Arc<Envd>, _: Call, request: CloseStdinRequest) -> Result<CloseStdinResponse, Error> {
+async fn close_stdin(
+    envd: Arc<Envd>,
+    _: Call,
+    request: CloseStdinRequest,
+) -> Result<CloseStdinResponse, Error> {
     let process = envd.processes.get_running(&selector(request.process)?)?;
     process.close_stdin().await?;
     Ok(CloseStdinResponse {})
@@ -222,7 +277,9 @@ fn selector(selector: Option<ProcessSelector>) -> Result<Selector, Error> {
     match selector.and_then(|s| s.selector) {
         Some(process_selector::Selector::Pid(pid)) => Ok(Selector::Pid(pid)),
         Some(process_selector::Selector::Tag(tag)) => Ok(Selector::Tag(tag)),
-        None => Err(Error::invalid_argument("'process' must select a pid or a tag")),
+        None => Err(Error::invalid_argument(
+            "'process' must select a pid or a tag",
+        )),
     }
 }
 
