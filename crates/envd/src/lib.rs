@@ -16,6 +16,7 @@ mod auth;
 mod fs;
 mod host;
 mod http;
+mod init;
 mod paths;
 mod process;
 mod rpc;
@@ -23,6 +24,7 @@ mod server;
 mod state;
 mod users;
 
+pub use init::split_if_pid1;
 pub use state::Envd;
 
 use axum::{Router, middleware};

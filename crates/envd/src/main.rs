@@ -25,6 +25,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    envd::split_if_pid1();
     let filter = if args.verbose { "debug" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
