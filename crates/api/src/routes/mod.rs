@@ -1,0 +1,4 @@
+//! Route groups, one module per resource.
+
+pub mod sandboxes;
+pub mod templates;

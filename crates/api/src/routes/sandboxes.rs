@@ -1,0 +1,337 @@
+//! Sandboxes: create, list, inspect, extend, kill, metrics, and Kiln's exec.
+
+use crate::{
+    AppState,
+    error::ApiError,
+    extract::{ApiJson, AuthTeam},
+    wire::{ExecBody, NewSandbox, SandboxCreated, SandboxInfo, TimeoutBody},
+};
+use axum::{
+    Json, Router,
+    extract::{Path, RawQuery, State},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use http::{HeaderValue, StatusCode};
+use orchestrator::{Sandbox, envd::ExecRequest};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use time::OffsetDateTime;
+
+/// E2B's default sandbox lifetime when `timeout` is omitted.
+const DEFAULT_TIMEOUT_SECS: i64 = 300;
+/// The longest lifetime one request may ask for (E2B Pro's 24 h).
+const MAX_TIMEOUT_SECS: i64 = 24 * 3600;
+const DEFAULT_PAGE: usize = 100;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/sandboxes", post(create).get(list_v1))
+        .route("/v2/sandboxes", post(create).get(list_v2))
+        .route("/sandboxes/{id}", get(detail).delete(kill))
+        .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/refreshes", post(refresh))
+        .route("/sandboxes/{id}/connect", post(connect))
+        .route("/v2/sandboxes/{id}/connect", post(connect))
+        .route("/sandboxes/{id}/metrics", get(metrics))
+        .route("/sandboxes/{id}/exec", post(exec))
+}
+
+fn seconds(value: i64, field: &str) -> Result<Duration, ApiError> {
+    if value <= 0 {
+        return Err(ApiError::bad_request(format!(
+            "'{field}' must be a positive number of seconds"
+        )));
+    }
+    Ok(Duration::from_secs(value.min(MAX_TIMEOUT_SECS) as u64))
+}
+
+/// The team's sandbox, or 404 (another team's sandbox is as unknown as a missing one).
+fn owned(state: &AppState, team: &AuthTeam, id: &str) -> Result<Arc<Sandbox>, ApiError> {
+    state
+        .orchestrator
+        .get(id)
+        .filter(|sandbox| sandbox.team_id == team.0.id)
+        .ok_or_else(|| ApiError::sandbox_not_found(id))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    team: AuthTeam,
+    ApiJson(body): ApiJson<NewSandbox>,
+) -> Result<Response, ApiError> {
+    let timeout = seconds(body.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS), "timeout")?;
+    let template = state
+        .templates
+        .find(&body.template_id)?
+        .ok_or_else(|| ApiError::not_found(format!("template '{}' not found", body.template_id)))?;
+    let new = orchestrator::NewSandbox {
+        team_id: team.0.id.clone(),
+        template: state.templates.image(&template),
+        timeout,
+        metadata: body.metadata,
+        env_vars: body.env_vars,
+        secure: body.secure.unwrap_or(true),
+        allow_internet_access: body.allow_internet_access,
+        team_limit: team.0.max_sandboxes,
+    };
+    let sandbox = state.orchestrator.create(new).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SandboxCreated::from(sandbox.as_ref())),
+    )
+        .into_response())
+}
+
+async fn list_v1(State(state): State<AppState>, team: AuthTeam) -> Json<Vec<SandboxInfo>> {
+    let sandboxes = state.orchestrator.list();
+    Json(
+        sandboxes
+            .iter()
+            .filter(|s| s.team_id == team.0.id)
+            .map(|s| SandboxInfo::listed(s))
+            .collect(),
+    )
+}
+
+/// `GET /v2/sandboxes?state=&metadata=&limit=&nextToken=`; the next page's token is in
+/// `X-Next-Token`.
+async fn list_v2(
+    State(state): State<AppState>,
+    team: AuthTeam,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = ListQuery::parse(query.as_deref().unwrap_or(""))?;
+    let matching: Vec<Arc<Sandbox>> = state
+        .orchestrator
+        .list()
+        .into_iter()
+        .filter(|s| s.team_id == team.0.id)
+        .filter(|_| {
+            query
+                .states
+                .as_ref()
+                .is_none_or(|states| states.iter().any(|st| st == "running"))
+        })
+        .filter(|s| {
+            query
+                .metadata
+                .iter()
+                .all(|(k, v)| s.metadata.get(k) == Some(v))
+        })
+        .collect();
+    let page: Vec<SandboxInfo> = matching
+        .iter()
+        .skip(query.offset)
+        .take(query.limit)
+        .map(|s| SandboxInfo::listed(s))
+        .collect();
+    let mut response = Json(page).into_response();
+    let next = query.offset + query.limit;
+    if next < matching.len()
+        && let Ok(value) = HeaderValue::from_str(&next.to_string())
+    {
+        response.headers_mut().insert("x-next-token", value);
+    }
+    Ok(response)
+}
+
+struct ListQuery {
+    states: Option<Vec<String>>,
+    metadata: BTreeMap<String, String>,
+    limit: usize,
+    offset: usize,
+}
+
+impl ListQuery {
+    /// The SDK encodes `metadata` three times over: the parameter holds a query string whose
+    /// keys and values are themselves percent-encoded.
+    fn parse(raw: &str) -> Result<ListQuery, ApiError> {
+        let mut query = ListQuery {
+            states: None,
+            metadata: BTreeMap::new(),
+            limit: DEFAULT_PAGE,
+            offset: 0,
+        };
+        for (key, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+            match key.as_ref() {
+                "state" => {
+                    query.states = Some(value.split(',').map(|s| s.trim().to_owned()).collect())
+                }
+                "metadata" => {
+                    for (k, v) in url::form_urlencoded::parse(value.as_bytes()) {
+                        let decode = |s: &str| {
+                            percent_encoding::percent_decode_str(s)
+                                .decode_utf8_lossy()
+                                .into_owned()
+                        };
+                        query.metadata.insert(decode(&k), decode(&v));
+                    }
+                }
+                "limit" => {
+                    query.limit =
+                        value
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|l| *l > 0)
+                            .ok_or_else(|| {
+                                ApiError::bad_request("'limit' must be a positive integer")
+                            })?
+                }
+                "nextToken" => {
+                    query.offset = value
+                        .parse()
+                        .map_err(|_| ApiError::bad_request("invalid 'nextToken'"))?
+                }
+                _ => {}
+            }
+        }
+        Ok(query)
+    }
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    team: AuthTeam,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxInfo>, ApiError> {
+    let sandbox = owned(&state, &team, &id)?;
+    Ok(Json(SandboxInfo::detail(&sandbox)))
+}
+
+async fn kill(
+    State(state): State<AppState>,
+    team: AuthTeam,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    owned(&state, &team, &id)?;
+    if state.orchestrator.kill(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::sandbox_not_found(&id))
+    }
+}
+
+async fn set_timeout(
+    State(state): State<AppState>,
+    team: AuthTeam,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<TimeoutBody>,
+) -> Result<StatusCode, ApiError> {
+    owned(&state, &team, &id)?;
+    let timeout = seconds(
+        body.timeout
+            .ok_or_else(|| ApiError::bad_request("'timeout' is required"))?,
+        "timeout",
+    )?;
+    state.orchestrator.set_timeout(&id, timeout)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    team: AuthTeam,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<TimeoutBody>,
+) -> Result<StatusCode, ApiError> {
+    let sandbox = owned(&state, &team, &id)?;
+    let requested = seconds(body.duration.unwrap_or(DEFAULT_TIMEOUT_SECS), "duration")?;
+    // A refresh never shortens a sandbox's life.
+    let remaining = (sandbox.end_at() - OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+    let timeout = requested.max(Duration::try_from(remaining).unwrap_or_default());
+    state.orchestrator.set_timeout(&id, timeout)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Connect to a running sandbox: 200 and its details, extending its timeout if asked to.
+async fn connect(
+    State(state): State<AppState>,
+    team: AuthTeam,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<TimeoutBody>,
+) -> Result<Json<SandboxCreated>, ApiError> {
+    let sandbox = owned(&state, &team, &id)?;
+    if let Some(timeout) = body.timeout {
+        let requested = seconds(timeout, "timeout")?;
+        let remaining = Duration::try_from(
+            (sandbox.end_at() - OffsetDateTime::now_utc()).max(time::Duration::ZERO),
+        )
+        .unwrap_or_default();
+        if requested > remaining {
+            state.orchestrator.set_timeout(&id, requested)?;
+        }
+    }
+    Ok(Json(SandboxCreated::from(sandbox.as_ref())))
+}
+
+async fn metrics(
+    State(state): State<AppState>,
+    team: AuthTeam,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let sandbox = owned(&state, &team, &id)?;
+    let raw = sandbox
+        .envd()
+        .metrics()
+        .await
+        .map_err(|e| ApiError::internal(format!("reading metrics: {e}")))?;
+    let now = OffsetDateTime::now_utc();
+    let number = |key: &str| raw.get(key).cloned().unwrap_or(serde_json::Value::from(0));
+    Ok(Json(serde_json::json!([{
+        "timestamp": now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "timestampUnix": now.unix_timestamp(),
+        "cpuCount": number("cpu_count"),
+        "cpuUsedPct": number("cpu_used_pct"),
+        "memUsed": number("mem_used"),
+        "memTotal": number("mem_total"),
+        "memCache": number("mem_cache"),
+        "diskUsed": number("disk_used"),
+        "diskTotal": number("disk_total"),
+    }])))
+}
+
+/// Kiln's convenience endpoint: run a command to completion and return its output.
+async fn exec(
+    State(state): State<AppState>,
+    team: AuthTeam,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ExecBody>,
+) -> Result<Json<orchestrator::envd::ExecResult>, ApiError> {
+    let sandbox = owned(&state, &team, &id)?;
+    if body.command.is_empty() {
+        return Err(ApiError::bad_request("'command' must not be empty"));
+    }
+    let request = ExecRequest {
+        command: body.command,
+        args: body.args,
+        envs: body.envs,
+        cwd: body.cwd,
+        user: body.user,
+        timeout: seconds(body.timeout.unwrap_or(60), "timeout")?,
+    };
+    let result = sandbox
+        .envd()
+        .exec(&request)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("exec failed: {e}")))?;
+    Ok(Json(result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ListQuery;
+
+    #[test]
+    fn metadata_query_is_decoded_three_times() {
+        let raw = "metadata=user%3Dalice%252520bob%26k%3Dv%252F1&state=running%2Cpaused&limit=10&nextToken=20";
+        let query = ListQuery::parse(raw).unwrap();
+        assert_eq!(
+            query.metadata.get("user").map(String::as_str),
+            Some("alice bob")
+        );
+        assert_eq!(query.metadata.get("k").map(String::as_str), Some("v/1"));
+        assert_eq!(query.states, Some(vec!["running".into(), "paused".into()]));
+        assert_eq!((query.limit, query.offset), (10, 20));
+        assert!(ListQuery::parse("limit=0").is_err());
+        assert!(ListQuery::parse("nextToken=x").is_err());
+    }
+}

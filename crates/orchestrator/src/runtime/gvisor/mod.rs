@@ -1,0 +1,228 @@
+//! The gVisor runtime: one `runsc` sandbox per Kiln sandbox, restored from a checkpoint.
+//!
+//! Layout of a sandbox's `dir`: `bundle/config.json` (the OCI spec), `channel/` (mounted at
+//! `/run/kiln`; envd's socket appears there). Logs are in the runtime's log directory.
+
+mod runsc;
+mod spec;
+
+pub use runsc::Runsc;
+
+use super::{Limits, Runtime, RuntimeError, channel_dir, socket_path};
+use crate::envd::EnvdClient;
+use async_trait::async_trait;
+use std::{
+    ffi::OsStr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+/// How long a freshly booted template may take until envd answers.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a restored sandbox may take until envd answers.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct GvisorRuntime {
+    runsc: Runsc,
+}
+
+impl GvisorRuntime {
+    pub fn new(runsc: Runsc) -> Result<Self, RuntimeError> {
+        for dir in [&runsc.root, &runsc.log_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Io {
+                context: format!("creating {}", dir.display()),
+                source,
+            })?;
+        }
+        Ok(GvisorRuntime { runsc })
+    }
+
+    fn write_bundle(
+        &self,
+        rootfs: &Path,
+        dir: &Path,
+        limits: Limits,
+    ) -> Result<std::path::PathBuf, RuntimeError> {
+        let bundle = dir.join("bundle");
+        let channel = channel_dir(dir);
+        let io = |context: String| move |source| RuntimeError::Io { context, source };
+        std::fs::create_dir_all(&bundle).map_err(io(format!("creating {}", bundle.display())))?;
+        std::fs::create_dir_all(&channel).map_err(io(format!("creating {}", channel.display())))?;
+        let spec = spec::sandbox_spec(rootfs, &channel, limits);
+        let config = bundle.join("config.json");
+        std::fs::write(&config, spec.to_string())
+            .map_err(io(format!("writing {}", config.display())))?;
+        Ok(bundle)
+    }
+}
+
+/// Polls envd's health on the sandbox socket until it answers or `limit` passes.
+async fn wait_for_envd(id: &str, socket: &Path, limit: Duration) -> Result<(), RuntimeError> {
+    let started = Instant::now();
+    let client = EnvdClient::new(socket);
+    while started.elapsed() < limit {
+        if client.health().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Err(RuntimeError::EnvdTimeout {
+        id: id.to_owned(),
+        seconds: limit.as_secs(),
+    })
+}
+
+#[async_trait]
+impl Runtime for GvisorRuntime {
+    async fn snapshot(
+        &self,
+        id: &str,
+        rootfs: &Path,
+        dir: &Path,
+        image: &Path,
+        limits: Limits,
+    ) -> Result<(), RuntimeError> {
+        let bundle = self.write_bundle(rootfs, dir, limits)?;
+        let result = async {
+            self.runsc
+                .run(
+                    "create",
+                    id,
+                    &[
+                        OsStr::new("create"),
+                        OsStr::new("--bundle"),
+                        bundle.as_os_str(),
+                        OsStr::new(id),
+                    ],
+                )
+                .await?;
+            self.runsc
+                .run("start", id, &[OsStr::new("start"), OsStr::new(id)])
+                .await?;
+            let socket = socket_path(dir);
+            wait_for_envd(id, &socket, BOOT_TIMEOUT).await?;
+            EnvdClient::new(&socket)
+                .quiesce()
+                .await
+                .map_err(|e| RuntimeError::Command {
+                    operation: "quiesce",
+                    id: id.to_owned(),
+                    detail: e.to_string(),
+                })?;
+            self.runsc
+                .run(
+                    "checkpoint",
+                    id,
+                    &[
+                        OsStr::new("checkpoint"),
+                        OsStr::new("--image-path"),
+                        image.as_os_str(),
+                        OsStr::new(id),
+                    ],
+                )
+                .await
+        }
+        .await;
+        let _ = self.destroy(id).await;
+        result
+    }
+
+    async fn restore(
+        &self,
+        id: &str,
+        rootfs: &Path,
+        image: &Path,
+        dir: &Path,
+        limits: Limits,
+    ) -> Result<(), RuntimeError> {
+        let bundle = self.write_bundle(rootfs, dir, limits)?;
+        let result = async {
+            self.runsc
+                .run(
+                    "restore",
+                    id,
+                    &[
+                        OsStr::new("restore"),
+                        OsStr::new("--detach"),
+                        OsStr::new("--image-path"),
+                        image.as_os_str(),
+                        OsStr::new("--bundle"),
+                        bundle.as_os_str(),
+                        OsStr::new(id),
+                    ],
+                )
+                .await?;
+            // envd quiesced its socket before the checkpoint; tell it to listen again.
+            let signal = envd_proto::host::RESUME_SIGNAL.trim_start_matches("SIG");
+            self.runsc
+                .run(
+                    "resume signal",
+                    id,
+                    &[OsStr::new("kill"), OsStr::new(id), OsStr::new(signal)],
+                )
+                .await?;
+            wait_for_envd(id, &socket_path(dir), RESTORE_TIMEOUT).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.destroy(id).await;
+        }
+        result
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        // `delete --force` on a container whose state is already gone can leave its sandbox and
+        // gofer processes behind, so those are looked for and killed as well.
+        let deleted = self
+            .runsc
+            .run(
+                "delete",
+                id,
+                &[OsStr::new("delete"), OsStr::new("--force"), OsStr::new(id)],
+            )
+            .await;
+        kill_leftovers(self.runsc.root(), id);
+        match deleted {
+            Ok(()) => Ok(()),
+            Err(_) if !self.list().await?.iter().any(|c| c == id) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<String>, RuntimeError> {
+        self.runsc.list().await
+    }
+}
+
+/// Kills `runsc-sandbox`/`runsc-gofer` processes of container `id` under `root`: those whose
+/// command line names Kiln's state root and the container (by id, or by its bundle path).
+fn kill_leftovers(root: &Path, id: &str) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let root_flag = format!("--root={}", root.display());
+    let in_bundle = format!("/{id}/");
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let args: Vec<&str> = cmdline.split('\0').collect();
+        let is_runsc = args.first().is_some_and(|a| a.starts_with("runsc"));
+        let ours = args.contains(&root_flag.as_str());
+        let this_container = args.iter().any(|a| *a == id || a.contains(&in_bundle));
+        if is_runsc && ours && this_container {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}

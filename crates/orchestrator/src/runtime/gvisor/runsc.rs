@@ -1,0 +1,120 @@
+//! Invoking `runsc` with Kiln's flags.
+
+use super::super::RuntimeError;
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+};
+use tokio::process::Command;
+
+/// The runsc binary and the flags every call shares: Kiln's own state root, the ptrace platform
+/// (no KVM needed), no network (the host channel is the only way in), host Unix sockets that the
+/// sandbox may create (envd's listener), and the root filesystem overlaid in sandbox memory so
+/// one template rootfs backs every sandbox unmodified.
+#[derive(Clone, Debug)]
+pub struct Runsc {
+    pub binary: PathBuf,
+    pub root: PathBuf,
+    pub log_dir: PathBuf,
+}
+
+impl Runsc {
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("--root")
+            .arg(&self.root)
+            .args([
+                "--platform=ptrace",
+                "--network=none",
+                "--host-uds=create",
+                "--overlay2=root:memory",
+            ])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs `runsc <args>`; output goes to the sandbox's log, and its tail into the error.
+    pub(super) async fn run(
+        &self,
+        operation: &'static str,
+        id: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> Result<(), RuntimeError> {
+        let log_path = self.log_dir.join(format!("{id}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| RuntimeError::Io {
+                context: format!("opening {}", log_path.display()),
+                source,
+            })?;
+        let err_log = log.try_clone().map_err(|source| RuntimeError::Io {
+            context: "cloning log handle".into(),
+            source,
+        })?;
+        let status = self
+            .command()
+            .args(args)
+            .stdout(log)
+            .stderr(err_log)
+            .status()
+            .await
+            .map_err(|source| RuntimeError::Io {
+                context: format!("running {}", self.binary.display()),
+                source,
+            })?;
+        if status.success() {
+            return Ok(());
+        }
+        Err(RuntimeError::Command {
+            operation,
+            id: id.to_owned(),
+            detail: failure_detail(&log_path),
+        })
+    }
+
+    /// Ids of every container under the state root.
+    pub(super) async fn list(&self) -> Result<Vec<String>, RuntimeError> {
+        let output = self
+            .command()
+            .args(["list", "--quiet"])
+            .output()
+            .await
+            .map_err(|source| RuntimeError::Io {
+                context: "runsc list".into(),
+                source,
+            })?;
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    pub(super) fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// The last meaningful line of a runsc log (its error), without Go stack traces.
+fn failure_detail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| {
+            !line.is_empty()
+                && !line.starts_with("gvisor.dev/")
+                && !line.starts_with("created by")
+                && !line.starts_with("goroutine")
+                && !line.contains(".go:")
+        })
+        .map_or_else(
+            || format!("see {}", log.display()),
+            |line| line.chars().take(500).collect(),
+        )
+}

@@ -1,0 +1,106 @@
+//! The OCI runtime spec (`config.json`) of a Kiln sandbox under runsc.
+
+use super::super::{Limits, SANDBOX_SOCKET};
+use serde_json::{Value, json};
+use std::path::Path;
+
+/// Docker's default capability set: envd (root inside the sandbox) needs SETUID/SETGID to run
+/// processes as other users, and users with sudo expect the rest. gVisor's own kernel enforces
+/// them; none reaches the host kernel.
+const CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SYS_CHROOT",
+    "CAP_MKNOD",
+    "CAP_AUDIT_WRITE",
+    "CAP_SETFCAP",
+];
+
+/// The CFS period that `cpu_count` is a multiple of.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// envd as init, the template's root filesystem (kept unmodified: runsc's root overlay holds the
+/// sandbox's writes in its memory), and the host channel directory at `/run/kiln`.
+pub(super) fn sandbox_spec(rootfs: &Path, channel: &Path, limits: Limits) -> Value {
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "user": {"uid": 0, "gid": 0},
+            "args": ["/usr/bin/envd", "--socket", SANDBOX_SOCKET, "--no-tcp"],
+            "env": [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "ENVD_LOG=warn",
+            ],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": CAPABILITIES,
+                "effective": CAPABILITIES,
+                "permitted": CAPABILITIES,
+            },
+        },
+        "root": {"path": rootfs, "readonly": false},
+        "hostname": "kiln",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "nodev", "mode=1777"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
+            {"destination": "/run/kiln", "type": "bind", "source": channel, "options": ["rbind", "rw"]},
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
+            "resources": {
+                "cpu": {"quota": u64::from(limits.cpu_count.max(1)) * CPU_PERIOD_US, "period": CPU_PERIOD_US},
+                "memory": {"limit": limits.memory_mb.max(64) * 1024 * 1024},
+            },
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sandbox_spec;
+    use crate::runtime::Limits;
+    use std::path::Path;
+
+    #[test]
+    fn spec_mounts_the_channel_and_sets_limits() {
+        let spec = sandbox_spec(
+            Path::new("/t/rootfs"),
+            Path::new("/s/channel"),
+            Limits {
+                cpu_count: 2,
+                memory_mb: 512,
+            },
+        );
+        assert_eq!(spec["root"]["path"], "/t/rootfs");
+        let channel = spec["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/run/kiln")
+            .unwrap();
+        assert_eq!(channel["source"], "/s/channel");
+        assert_eq!(spec["linux"]["resources"]["cpu"]["quota"], 200_000);
+        assert_eq!(
+            spec["linux"]["resources"]["memory"]["limit"],
+            512 * 1024 * 1024
+        );
+        assert_eq!(spec["process"]["args"][0], "/usr/bin/envd");
+        let caps = spec["process"]["capabilities"]["effective"]
+            .as_array()
+            .unwrap();
+        assert!(caps.iter().any(|c| c == "CAP_SETUID") && caps.iter().any(|c| c == "CAP_SETGID"));
+    }
+}

@@ -1,0 +1,181 @@
+//! Templates: what a sandbox is restored from.
+//!
+//! A template lives in `<templates>/<id>/`: `template.json` ([`Template`]), `rootfs/` (its root
+//! filesystem, never modified by sandboxes) and `snapshot/` (the runtime's checkpoint of it
+//! booted, envd quiesced). [`TemplateStore`] finds them; [`base`] builds the `base` template.
+//!
+//! Invariant: a template directory is complete or absent. Builds happen in a `*.building`
+//! directory renamed into place at the end, so a failed build leaves the previous one serving.
+
+pub mod base;
+
+use orchestrator::TemplateImage;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use time::OffsetDateTime;
+
+/// A built template.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Template {
+    pub id: String,
+    pub aliases: Vec<String>,
+    pub build_id: String,
+    pub cpu_count: u32,
+    pub memory_mb: u64,
+    pub disk_size_mb: u64,
+    pub envd_version: String,
+    pub default_user: String,
+    pub default_workdir: String,
+    pub public: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// Why templates could not be read or built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TemplateError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("template '{0}' is corrupt: {1}")]
+    Corrupt(String, String),
+    #[error("{step} failed: {detail}")]
+    Step { step: &'static str, detail: String },
+    #[error("snapshotting the template: {0}")]
+    Snapshot(#[from] orchestrator::runtime::RuntimeError),
+}
+
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TemplateError {
+    let context = context.into();
+    move |source| TemplateError::Io { context, source }
+}
+
+/// The templates on this node.
+#[derive(Clone, Debug)]
+pub struct TemplateStore {
+    dir: PathBuf,
+}
+
+const METADATA: &str = "template.json";
+
+impl TemplateStore {
+    pub fn open(dir: &Path) -> Result<Self, TemplateError> {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        Ok(TemplateStore {
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every complete template, by id.
+    pub fn list(&self) -> Result<Vec<Template>, TemplateError> {
+        let mut templates = Vec::new();
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(io(format!("reading {}", self.dir.display())))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".building") || !entry.path().join(METADATA).exists() {
+                continue;
+            }
+            templates.push(self.read(&name)?);
+        }
+        templates.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(templates)
+    }
+
+    /// A template by id or alias.
+    pub fn find(&self, id_or_alias: &str) -> Result<Option<Template>, TemplateError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .find(|t| t.id == id_or_alias || t.aliases.iter().any(|a| a == id_or_alias)))
+    }
+
+    fn read(&self, id: &str) -> Result<Template, TemplateError> {
+        let path = self.dir.join(id).join(METADATA);
+        let text =
+            std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+        serde_json::from_str(&text)
+            .map_err(|e| TemplateError::Corrupt(id.to_owned(), e.to_string()))
+    }
+
+    /// What the orchestrator needs to restore sandboxes of `template`.
+    pub fn image(&self, template: &Template) -> TemplateImage {
+        let dir = self.dir.join(&template.id);
+        TemplateImage {
+            id: template.id.clone(),
+            alias: template.aliases.first().cloned(),
+            rootfs: dir.join("rootfs"),
+            image: dir.join("snapshot"),
+            cpu_count: template.cpu_count,
+            memory_mb: template.memory_mb,
+            disk_mb: template.disk_size_mb,
+            envd_version: template.envd_version.clone(),
+            default_user: template.default_user.clone(),
+            default_workdir: template.default_workdir.clone(),
+        }
+    }
+
+    /// Moves a finished build into place, replacing the template's previous build.
+    pub(crate) fn commit(&self, building: &Path, template: &Template) -> Result<(), TemplateError> {
+        let metadata = serde_json::to_string_pretty(template)
+            .map_err(|e| TemplateError::Corrupt(template.id.clone(), e.to_string()))?;
+        std::fs::write(building.join(METADATA), metadata)
+            .map_err(io("writing template metadata"))?;
+        let target = self.dir.join(&template.id);
+        let old = self.dir.join(format!("{}.old", template.id));
+        if target.exists() {
+            std::fs::rename(&target, &old)
+                .map_err(io(format!("moving {} aside", target.display())))?;
+        }
+        std::fs::rename(building, &target)
+            .map_err(io(format!("moving {} into place", building.display())))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io(format!("removing {}", old.display())))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Template, TemplateStore};
+    use time::OffsetDateTime;
+
+    #[test]
+    fn commit_then_find_by_alias() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TemplateStore::open(dir.path()).unwrap();
+        let template = Template {
+            id: "t1".into(),
+            aliases: vec!["nice".into()],
+            build_id: "b".into(),
+            cpu_count: 1,
+            memory_mb: 256,
+            disk_size_mb: 1024,
+            envd_version: "0.6.4".into(),
+            default_user: "user".into(),
+            default_workdir: "/home/user".into(),
+            public: true,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        let building = dir.path().join("t1.building");
+        std::fs::create_dir_all(&building).unwrap();
+        assert!(
+            store.list().unwrap().is_empty(),
+            "a build in progress is not a template"
+        );
+        store.commit(&building, &template).unwrap();
+        assert_eq!(store.find("nice").unwrap(), Some(template.clone()));
+        assert_eq!(store.find("t1").unwrap().map(|t| t.id), Some("t1".into()));
+        assert_eq!(store.find("other").unwrap(), None);
+        assert!(store.image(&template).rootfs.ends_with("t1/rootfs"));
+    }
+}

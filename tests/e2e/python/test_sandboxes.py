@@ -1,0 +1,203 @@
+"""Sandboxes through Kiln with the official Python SDK: lifecycle, commands, files, isolation."""
+
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import TEAM_LIMIT, api, proxy_get
+from e2b import AuthenticationException, CommandExitException, NotFoundException, Sandbox
+
+
+def test_create_gives_an_e2b_sandbox(sandbox):
+    assert re.fullmatch(r"[a-z0-9]+", sandbox.sandbox_id)
+    info = sandbox.get_info()
+    assert info.template_id == "base" and info.state.value == "running"
+    assert info.metadata == {}
+
+
+def test_commands_run_as_user_in_home(sandbox):
+    result = sandbox.commands.run("id -un; pwd; echo $HOME; python3 -c 'print(6*7)'")
+    assert result.stdout == "user\n/home/user\n/home/user\n42\n"
+    assert sandbox.commands.run("id -u", user="root").stdout == "0\n"
+
+
+def test_exit_codes_streams_and_envs(sandbox):
+    with pytest.raises(CommandExitException) as raised:
+        sandbox.commands.run("echo bad >&2; exit 4")
+    assert raised.value.exit_code == 4 and raised.value.stderr == "bad\n"
+    chunks = []
+    sandbox.commands.run("for i in 1 2 3; do echo $i; sleep 0.05; done", on_stdout=chunks.append)
+    assert "".join(chunks) == "1\n2\n3\n"
+    assert sandbox.commands.run("echo $A", envs={"A": "b"}).stdout == "b\n"
+
+
+def test_sandbox_env_vars_from_create(kiln):
+    sbx = Sandbox.create(envs={"FROM_CREATE": "yes"}, metadata={"owner": "tests"})
+    try:
+        assert sbx.commands.run("echo $FROM_CREATE").stdout == "yes\n"
+        assert sbx.get_info().metadata == {"owner": "tests"}
+    finally:
+        sbx.kill()
+
+
+def test_files_through_the_proxy(sandbox):
+    sandbox.files.write("notes.txt", "through kiln")
+    assert sandbox.files.read("/home/user/notes.txt") == "through kiln"
+    data = os.urandom(3 * 1024 * 1024)
+    sandbox.files.write("/tmp/big.bin", data)
+    assert sandbox.files.read("/tmp/big.bin", format="bytes") == data
+    assert "notes.txt" in [e.name for e in sandbox.files.list("/home/user")]
+    with pytest.raises(NotFoundException):
+        sandbox.files.read("/nope")
+
+
+def test_background_process_list_kill(sandbox):
+    handle = sandbox.commands.run("sleep 100", background=True)
+    assert handle.pid in [p.pid for p in sandbox.commands.list()]
+    assert sandbox.commands.kill(handle.pid)
+
+
+def test_pty(sandbox):
+    from e2b import PtySize
+
+    terminal = sandbox.pty.create(PtySize(rows=24, cols=80))
+    sandbox.pty.send_stdin(terminal.pid, b"echo in-pty; exit\n")
+    out = []
+    terminal.wait(on_pty=out.append)
+    assert b"in-pty" in b"".join(out)
+
+
+def test_list_and_set_timeout(sandbox):
+    assert sandbox.sandbox_id in [s.sandbox_id for s in Sandbox.list().next_items()]
+    before = sandbox.get_info().end_at
+    sandbox.set_timeout(600)
+    after = sandbox.get_info().end_at
+    assert (after - before).total_seconds() > 400
+
+
+def test_metadata_filter_and_pagination(kiln):
+    from e2b import SandboxQuery
+
+    tagged = [Sandbox.create(metadata={"suite": "paging", "n": str(i)}) for i in range(3)]
+    try:
+        paginator = Sandbox.list(query=SandboxQuery(metadata={"suite": "paging"}), limit=2)
+        first = paginator.next_items()
+        assert len(first) == 2 and paginator.has_next
+        second = paginator.next_items()
+        assert len(second) == 1 and not paginator.has_next
+        assert {s.sandbox_id for s in first + second} == {s.sandbox_id for s in tagged}
+    finally:
+        for sbx in tagged:
+            sbx.kill()
+
+
+def test_expiry_kills(kiln):
+    sbx = Sandbox.create(timeout=2)
+    time.sleep(4)
+    with pytest.raises(NotFoundException):
+        sbx.get_info()
+    assert not sbx.is_running()
+
+
+def test_kill_semantics(kiln):
+    sbx = Sandbox.create()
+    assert sbx.kill() is True
+    assert Sandbox.kill(sbx.sandbox_id) is False
+    with pytest.raises(NotFoundException):
+        sbx.get_info()
+
+
+def test_a_server_in_the_sandbox_is_reachable(sandbox):
+    sandbox.commands.run("mkdir -p /tmp/www && echo served > /tmp/www/index.html")
+    sandbox.commands.run("cd /tmp/www && python3 -m http.server 8080", background=True)
+    deadline = time.time() + 10
+    status = None
+    while time.time() < deadline and status != 200:
+        status, body = proxy_get("/index.html", sandbox.sandbox_id, 8080)
+        time.sleep(0.2)
+    assert (status, body) == (200, "served\n")
+    status, body = proxy_get("/index.html", None, None, host=f"8080-{sandbox.sandbox_id}.kiln.test")
+    assert (status, body) == (200, "served\n")
+    status, body = proxy_get("/", sandbox.sandbox_id, 9999)
+    assert status == 502 and "port is not open" in body
+
+
+def test_two_sandboxes_are_isolated(kiln):
+    a, b = Sandbox.create(), Sandbox.create()
+    try:
+        a.files.write("/tmp/secret", "a's")
+        a.commands.run("sleep 300", background=True)
+        assert not b.files.exists("/tmp/secret")
+        assert "sleep 300" not in b.commands.run("ps -eo args").stdout
+        assert b.commands.run("cat /tmp/secret 2>&1 || echo absent").stdout.strip().endswith("absent")
+    finally:
+        a.kill()
+        b.kill()
+
+
+def test_parallel_creates(kiln):
+    with ThreadPoolExecutor(6) as pool:
+        sandboxes = list(pool.map(lambda _: Sandbox.create(), range(6)))
+    try:
+        assert len({s.sandbox_id for s in sandboxes}) == 6
+        with ThreadPoolExecutor(6) as pool:
+            outputs = list(pool.map(lambda s: s.commands.run("echo ok").stdout, sandboxes))
+        assert outputs == ["ok\n"] * 6
+    finally:
+        for sbx in sandboxes:
+            sbx.kill()
+
+
+def test_team_limit_is_429(kiln):
+    from e2b import RateLimitException
+
+    created = []
+    try:
+        with pytest.raises(RateLimitException):
+            for _ in range(TEAM_LIMIT + 1):
+                created.append(Sandbox.create())
+        assert len(created) == TEAM_LIMIT
+    finally:
+        for sbx in created:
+            sbx.kill()
+
+
+def test_wrong_api_key_is_401(kiln):
+    with pytest.raises(AuthenticationException):
+        Sandbox.create(api_key="e2b_" + "f" * 40)
+    assert api("GET", "/v2/sandboxes", key="e2b_nope")[0] == 401
+
+
+def test_rest_exec_endpoint(sandbox):
+    status, body, _ = api("POST", f"/sandboxes/{sandbox.sandbox_id}/exec", {"command": "sh", "args": ["-c", "echo hi; echo e >&2; exit 3"]})
+    assert status == 200
+    assert body == {"exitCode": 3, "stdout": "hi\n", "stderr": "e\n", "status": "exit status 3"}
+    status, body, _ = api("POST", f"/sandboxes/{sandbox.sandbox_id}/exec", {"command": "id", "args": ["-un"], "user": "root"})
+    assert body["stdout"] == "root\n"
+
+
+def test_bad_input(kiln, sandbox):
+    status, body, _ = api("POST", "/sandboxes", {"templateID": "no-such-template"})
+    assert status == 404 and "no-such-template" in body["message"] and body["code"] == 404
+    status, body, _ = api("POST", "/sandboxes", {"templateID": "base", "timeout": 0})
+    assert status == 400 and body["code"] == 400
+    status, body, _ = api("POST", "/v2/sandboxes", raw=b"{not json")
+    assert status == 400 and "message" in body
+    status, body, _ = api("GET", "/sandboxes/doesnotexist")
+    assert status == 404 and body == {"code": 404, "message": "sandbox 'doesnotexist' not found"}
+    status, body, _ = api("POST", f"/sandboxes/{sandbox.sandbox_id}/timeout", {"timeout": -5})
+    assert status == 400
+
+
+def test_proxy_refuses_unknown_sandboxes_and_internal_paths(sandbox):
+    status, body = proxy_get("/health", "doesnotexist", 49983)
+    assert status == 502 and '"The sandbox was not found"' in body
+    status, body = proxy_get("/init", sandbox.sandbox_id, 49983)
+    assert status == 403
+
+
+def test_templates_are_listed(kiln):
+    status, body, _ = api("GET", "/templates")
+    assert status == 200 and "base" in [t["templateID"] for t in body]
