@@ -11,28 +11,39 @@ ENVD      := target/release/envd
 STATIC_ENVD := target/static/x86_64-unknown-linux-gnu/release/envd
 CARGO_ENV := CARGO_TERM_COLOR=never
 
-.PHONY: help up test lint unit sdk-python sdk-js build envd-static deps bench fuzz clean
+KILN      := target/release/kiln
+# Debian packages Kiln needs on the host (runsc: gVisor; debootstrap: the base template).
+HOST_PACKAGES := runsc debootstrap util-linux procps python3-venv
+KILN_HOME ?= /var/lib/kiln
+
+.PHONY: help up test lint unit sdk-python sdk-js e2e-python e2e-js build envd-static host-packages deps bench bench-envd bench-kiln fuzz clean
 
 help:
-	@echo "make up     start Kiln (arrives with the single-node issue)"
-	@echo "make test   build, lint, unit tests and the official E2B SDK suites"
+	@echo "make up     install host packages, build, prepare the base template, start Kiln"
+	@echo "make test   lint, unit tests, envd and Kiln suites with the official E2B SDKs"
 	@echo "make bench  benchmarks (see README)"
 
-up:
-	@echo "make up: the Kiln server (API, proxy, orchestrator) arrives with the single-node issue;" >&2
-	@echo "this tree builds envd, the in-sandbox agent: see README.md." >&2
-	@exit 1
+up: host-packages build
+	KILN_HOME=$(KILN_HOME) KILN_ENVD=$(STATIC_ENVD) $(KILN) up
 
-test: lint unit sdk-python sdk-js
+test: lint unit sdk-python sdk-js e2e-python e2e-js
 
-build:
-	$(CARGO_ENV) cargo build --release --locked -p envd
+# kiln (the server and CLI), envd for host tests, and the static envd installed into templates.
+build: envd-static
+	$(CARGO_ENV) cargo build --release --locked -p envd -p kiln
+
+host-packages:
+	@missing=""; for p in $(HOST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 # A static envd for copying into sandbox root filesystems (static-pie glibc).
 envd-static:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO_ENV) cargo build --release --locked -p envd \
 		--target x86_64-unknown-linux-gnu --target-dir target/static
-	@file $(STATIC_ENVD) | grep -q 'static' || (echo "envd is not static" >&2; exit 1)
+	@ldd $(STATIC_ENVD) 2>&1 | grep -qE 'statically linked|not a dynamic' || (echo "envd is not static" >&2; exit 1)
 
 lint:
 	cargo fmt --all --check
@@ -56,10 +67,23 @@ sdk-python: build deps
 	$(PYTHON) -m pytest -p no:cacheprovider -q tests/sdk/python
 
 sdk-js: build deps
-	cd $(JS_DIR) && node --test --test-concurrency=1 --test-reporter=spec
+	cd $(JS_DIR) && node --test --test-concurrency=1 --test-reporter=spec envd.test.mjs
 
-bench: build deps
+# Kiln end to end: the suites start `kiln up` themselves (state in KILN_TEST_HOME, default
+# /var/lib/kiln-test, kept between runs so the base template is built once per machine).
+e2e-python: host-packages build deps
+	KILN_ENVD=$(STATIC_ENVD) $(PYTHON) -m pytest -p no:cacheprovider -q tests/e2e/python
+
+e2e-js: host-packages build deps
+	cd $(JS_DIR) && KILN_ENVD=../../../$(STATIC_ENVD) node --test --test-concurrency=1 --test-reporter=spec kiln.test.mjs
+
+bench: bench-envd bench-kiln
+
+bench-envd: build deps
 	$(PYTHON) bench/envd_commands.py
+
+bench-kiln: host-packages build deps
+	KILN_ENVD=$(STATIC_ENVD) $(PYTHON) bench/kiln_sandboxes.py
 
 # Coverage-guided fuzzing of the Connect decoding (libFuzzer via cargo-fuzz; the sanitizer flags
 # need RUSTC_BOOTSTRAP on a stable toolchain). FUZZ_SECONDS bounds the run.
