@@ -73,6 +73,7 @@ sdk-js: build deps
 # /var/lib/kiln-test, kept between runs so the base template is built once per machine).
 e2e-python: host-packages build deps
 	KILN_ENVD=$(STATIC_ENVD) $(PYTHON) -m pytest -p no:cacheprovider -q tests/e2e/python
+	KILN_ENVD=$(STATIC_ENVD) $(PYTHON) -m pytest -p no:cacheprovider -q tests/e2e/recovery
 
 e2e-js: host-packages build deps
 	cd $(JS_DIR) && KILN_ENVD=../../../$(STATIC_ENVD) node --test --test-concurrency=1 --test-reporter=spec kiln.test.mjs

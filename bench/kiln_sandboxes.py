@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e" / "python"))
-from kiln_server import HOME, KilnServer  # noqa: E402
+from kiln_server import HOME, KilnServer, runsc_processes  # noqa: E402
 
 
 def percentiles(samples):
@@ -78,11 +78,8 @@ class RawRunsc:
 def sandbox_memory(count):
     """Sum of RSS and PSS (KiB) of this Kiln's runsc processes."""
     rss = pss = 0
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    for line in out.splitlines()[1:]:
-        pid, args = line.strip().split(" ", 1)
-        if "runsc" not in args or str(HOME) not in args:
-            continue
+    for line in runsc_processes():
+        pid = line.split(" ", 1)[0]
         try:
             for field in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if field.startswith("Rss:"):

@@ -6,6 +6,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from kiln_server import API, HOME, PROXY, KilnServer, runsc_processes
@@ -26,6 +27,9 @@ def kiln():
     time.sleep(0.5)
     assert runsc_processes() == [], "no runsc process outlives Kiln"
     assert not any((HOME / "sandboxes").iterdir()), "no sandbox directory outlives Kiln"
+    assert [m for m in open("/proc/mounts") if str(HOME) in m] == [], "no mount outlives Kiln"
+    kiln_cgroups = Path("/sys/fs/cgroup/memory/kiln")
+    assert not kiln_cgroups.exists() or not [c for c in kiln_cgroups.iterdir() if c.is_dir()], "no cgroup outlives Kiln"
 
 
 @pytest.fixture
@@ -41,7 +45,9 @@ def api(method, path, body=None, key=None, raw=None, headers=None):
     """A raw API call; returns (status, parsed JSON or text, headers)."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(f"http://{API}{path}", data=data, method=method)
-    request.add_header("X-API-Key", key if key is not None else os.environ["E2B_API_KEY"])
+    key = key if key is not None else os.environ["E2B_API_KEY"]
+    if key:
+        request.add_header("X-API-Key", key)
     if data is not None:
         request.add_header("Content-Type", "application/json")
     for name, value in (headers or {}).items():

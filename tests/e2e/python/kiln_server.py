@@ -16,9 +16,19 @@ BASE_BUILD_TIMEOUT = 900
 
 
 def runsc_processes():
-    """runsc processes using this Kiln's state root."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "runsc" in line and str(HOME) in line]
+    """Command lines of the runsc processes using this Kiln's state root (read from /proc: ps
+    cuts long command lines when piped)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if args.startswith("runsc") and str(HOME) in args:
+            found.append(f"{proc.name} {args}")
+    return found
 
 
 class KilnServer:
@@ -29,6 +39,8 @@ class KilnServer:
             raise RuntimeError("kiln up needs root")
         self.env_file = HOME / "env"
         HOME.mkdir(parents=True, exist_ok=True)
+        # A crashed Kiln leaves its env file; readiness is the *new* one appearing.
+        self.env_file.unlink(missing_ok=True)
         self.log_path = HOME / "kiln-up.log"
         self.log = open(self.log_path, "w")
         env = {

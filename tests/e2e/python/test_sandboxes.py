@@ -102,8 +102,12 @@ def test_expiry_kills(kiln):
 
 
 def test_kill_semantics(kiln):
+    from kiln_server import runsc_processes
+
     sbx = Sandbox.create()
+    assert [p for p in runsc_processes() if sbx.sandbox_id in p], "the sandbox has runsc processes"
     assert sbx.kill() is True
+    assert [p for p in runsc_processes() if sbx.sandbox_id in p] == [], "kill leaves no process"
     assert Sandbox.kill(sbx.sandbox_id) is False
     with pytest.raises(NotFoundException):
         sbx.get_info()
@@ -201,3 +205,48 @@ def test_proxy_refuses_unknown_sandboxes_and_internal_paths(sandbox):
 def test_templates_are_listed(kiln):
     status, body, _ = api("GET", "/templates")
     assert status == 200 and "base" in [t["templateID"] for t in body]
+
+
+def test_metrics(sandbox):
+    metrics = sandbox.get_metrics()
+    assert metrics and metrics[0].mem_total > 0 and metrics[0].cpu_count >= 1
+
+
+def test_bearer_access_token(kiln, sandbox):
+    from kiln_server import HOME
+
+    token = (HOME / "secrets" / "access-token").read_text().strip()
+    assert token.startswith("sk_e2b_")
+    status, body, _ = api("GET", f"/sandboxes/{sandbox.sandbox_id}", key="", headers={"Authorization": f"Bearer {token}"})
+    assert status == 200 and body["sandboxID"] == sandbox.sandbox_id
+    status, _, _ = api("GET", "/v2/sandboxes", key="", headers={"Authorization": "Bearer sk_e2b_wrong"})
+    assert status == 401
+
+
+def test_cli(kiln):
+    import subprocess
+
+    from kiln_server import HOME, KILN
+
+    env = {**os.environ, "KILN_HOME": str(HOME)}
+    cli = lambda *args: subprocess.run([str(KILN), *args], env=env, capture_output=True, text=True, timeout=60)
+    created = cli("sandbox", "create")
+    assert created.returncode == 0, created.stderr
+    sandbox_id = created.stdout.strip()
+    assert sandbox_id in cli("sandbox", "list").stdout
+    executed = cli("sandbox", "exec", sandbox_id, "--", "sh", "-c", "echo from-cli; id -un")
+    assert (executed.returncode, executed.stdout) == (0, "from-cli\nuser\n")
+    assert cli("sandbox", "exec", sandbox_id, "--", "false").returncode != 0
+    assert "base" in cli("template", "list").stdout
+    assert cli("sandbox", "kill", sandbox_id).returncode == 0
+    assert cli("sandbox", "kill", sandbox_id).returncode != 0
+
+
+def test_cgroup_limits_from_the_template(sandbox):
+    info = sandbox.get_info()
+    cgroup = f"/kiln/{sandbox.sandbox_id}"
+    memory = open(f"/sys/fs/cgroup/memory{cgroup}/memory.limit_in_bytes").read().strip()
+    assert int(memory) == info.memory_mb * 1024 * 1024
+    quota = open(f"/sys/fs/cgroup/cpu{cgroup}/cpu.cfs_quota_us").read().strip()
+    period = open(f"/sys/fs/cgroup/cpu{cgroup}/cpu.cfs_period_us").read().strip()
+    assert int(quota) == info.cpu_count * int(period)

@@ -354,10 +354,15 @@ impl Readers {
         use process_event::data_event::Output;
         match self {
             Readers::Pipes(stdout, stderr) => vec![
-                tokio::spawn(pump_pipe(process.clone(), stdout, Output::Stdout)),
-                tokio::spawn(pump_pipe(process.clone(), stderr, Output::Stderr)),
+                tokio::spawn(pump(process.clone(), stdout, PIPE_CHUNK, Output::Stdout)),
+                tokio::spawn(pump(process.clone(), stderr, PIPE_CHUNK, Output::Stderr)),
             ],
-            Readers::Pty(master) => vec![tokio::spawn(pump_pty(process.clone(), master))],
+            Readers::Pty(master) => vec![tokio::spawn(pump(
+                process.clone(),
+                PtyOutput(master),
+                PTY_CHUNK,
+                Output::Pty,
+            ))],
         }
     }
 }
@@ -368,53 +373,55 @@ fn data(output: Vec<u8>, wrap: fn(Vec<u8>) -> process_event::data_event::Output)
     })
 }
 
-/// Reads a pipe until EOF, or until it has been drained after the process exited.
-async fn pump_pipe(
+/// A source of process output: a pipe, or a pty master.
+trait OutputSource: Send {
+    /// Reads some bytes; `Ok(0)` or an error (a pty's `EIO`) ends the output.
+    fn read_chunk(
+        &mut self,
+        buf: &mut [u8],
+    ) -> impl std::future::Future<Output = io::Result<usize>> + Send;
+}
+
+impl<R: AsyncRead + Unpin + Send> OutputSource for R {
+    async fn read_chunk(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read(buf).await
+    }
+}
+
+/// A pty master as an output source (the `Arc` is shared with the input side).
+struct PtyOutput(Arc<pty::PtyMaster>);
+
+impl OutputSource for PtyOutput {
+    async fn read_chunk(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).await
+    }
+}
+
+/// Publishes output until EOF, or until the source has been drained after the process exited
+/// (a grandchild may keep a pipe open forever).
+async fn pump(
     process: Arc<Process>,
-    mut pipe: impl AsyncRead + Unpin,
+    mut source: impl OutputSource,
+    chunk: usize,
     wrap: fn(Vec<u8>) -> process_event::data_event::Output,
 ) {
-    let mut buf = vec![0; PIPE_CHUNK];
+    let mut buf = vec![0; chunk];
     let mut exited = process.exited.subscribe();
     loop {
         let read = if *exited.borrow() {
-            match tokio::time::timeout(DRAIN_IDLE, pipe.read(&mut buf)).await {
+            match tokio::time::timeout(DRAIN_IDLE, source.read_chunk(&mut buf)).await {
                 Ok(read) => read,
                 Err(_idle) => break,
             }
         } else {
             tokio::select! {
-                read = pipe.read(&mut buf) => read,
+                read = source.read_chunk(&mut buf) => read,
                 _ = exited.wait_for(|exited| *exited) => continue,
             }
         };
         match read {
             Ok(0) | Err(_) => break,
             Ok(n) => process.publish(data(buf[..n].to_vec(), wrap)).await,
-        }
-    }
-}
-
-async fn pump_pty(process: Arc<Process>, master: Arc<pty::PtyMaster>) {
-    use process_event::data_event::Output;
-    let mut buf = vec![0; PTY_CHUNK];
-    let mut exited = process.exited.subscribe();
-    loop {
-        let read = if *exited.borrow() {
-            match tokio::time::timeout(DRAIN_IDLE, master.read(&mut buf)).await {
-                Ok(read) => read,
-                Err(_idle) => break,
-            }
-        } else {
-            tokio::select! {
-                read = master.read(&mut buf) => read,
-                _ = exited.wait_for(|exited| *exited) => continue,
-            }
-        };
-        match read {
-            // EIO: every slave holder is gone.
-            Ok(0) | Err(_) => break,
-            Ok(n) => process.publish(data(buf[..n].to_vec(), Output::Pty)).await,
         }
     }
 }

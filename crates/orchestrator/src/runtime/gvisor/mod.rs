@@ -39,6 +39,7 @@ impl GvisorRuntime {
 
     fn write_bundle(
         &self,
+        id: &str,
         rootfs: &Path,
         dir: &Path,
         limits: Limits,
@@ -48,7 +49,7 @@ impl GvisorRuntime {
         let io = |context: String| move |source| RuntimeError::Io { context, source };
         std::fs::create_dir_all(&bundle).map_err(io(format!("creating {}", bundle.display())))?;
         std::fs::create_dir_all(&channel).map_err(io(format!("creating {}", channel.display())))?;
-        let spec = spec::sandbox_spec(rootfs, &channel, limits);
+        let spec = spec::sandbox_spec(id, rootfs, &channel, limits);
         let config = bundle.join("config.json");
         std::fs::write(&config, spec.to_string())
             .map_err(io(format!("writing {}", config.display())))?;
@@ -82,7 +83,7 @@ impl Runtime for GvisorRuntime {
         image: &Path,
         limits: Limits,
     ) -> Result<(), RuntimeError> {
-        let bundle = self.write_bundle(rootfs, dir, limits)?;
+        let bundle = self.write_bundle(id, rootfs, dir, limits)?;
         let result = async {
             self.runsc
                 .run(
@@ -135,7 +136,7 @@ impl Runtime for GvisorRuntime {
         dir: &Path,
         limits: Limits,
     ) -> Result<(), RuntimeError> {
-        let bundle = self.write_bundle(rootfs, dir, limits)?;
+        let bundle = self.write_bundle(id, rootfs, dir, limits)?;
         let result = async {
             self.runsc
                 .run(
@@ -182,6 +183,7 @@ impl Runtime for GvisorRuntime {
             )
             .await;
         kill_leftovers(self.runsc.root(), id);
+        remove_cgroups(id);
         match deleted {
             Ok(()) => Ok(()),
             Err(_) if !self.list().await?.iter().any(|c| c == id) => Ok(()),
@@ -191,6 +193,18 @@ impl Runtime for GvisorRuntime {
 
     async fn list(&self) -> Result<Vec<String>, RuntimeError> {
         self.runsc.list().await
+    }
+}
+
+/// Removes the sandbox's (empty) cgroups under every controller; runsc removes them on a clean
+/// delete, not when its processes were killed.
+fn remove_cgroups(id: &str) {
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let relative = spec::cgroup_path(id);
+    for controller in controllers.flatten() {
+        let _ = std::fs::remove_dir(controller.path().join(relative.trim_start_matches('/')));
     }
 }
 

@@ -27,9 +27,15 @@ const CAPABILITIES: &[&str] = &[
 /// The CFS period that `cpu_count` is a multiple of.
 const CPU_PERIOD_US: u64 = 100_000;
 
+/// The host cgroup (under each controller) of sandbox `id`; runsc creates and removes it, and
+/// applies no limits at all without one.
+pub(super) fn cgroup_path(id: &str) -> String {
+    format!("/kiln/{id}")
+}
+
 /// envd as init, the template's root filesystem (kept unmodified: runsc's root overlay holds the
-/// sandbox's writes in its memory), and the host channel directory at `/run/kiln`.
-pub(super) fn sandbox_spec(rootfs: &Path, channel: &Path, limits: Limits) -> Value {
+/// sandbox's writes in its memory), the host channel directory at `/run/kiln`, and cgroup limits.
+pub(super) fn sandbox_spec(id: &str, rootfs: &Path, channel: &Path, limits: Limits) -> Value {
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -59,6 +65,7 @@ pub(super) fn sandbox_spec(rootfs: &Path, channel: &Path, limits: Limits) -> Val
             {"destination": "/run/kiln", "type": "bind", "source": channel, "options": ["rbind", "rw"]},
         ],
         "linux": {
+            "cgroupsPath": cgroup_path(id),
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
             "resources": {
                 "cpu": {"quota": u64::from(limits.cpu_count.max(1)) * CPU_PERIOD_US, "period": CPU_PERIOD_US},
@@ -77,6 +84,7 @@ mod tests {
     #[test]
     fn spec_mounts_the_channel_and_sets_limits() {
         let spec = sandbox_spec(
+            "abc",
             Path::new("/t/rootfs"),
             Path::new("/s/channel"),
             Limits {
@@ -85,6 +93,7 @@ mod tests {
             },
         );
         assert_eq!(spec["root"]["path"], "/t/rootfs");
+        assert_eq!(spec["linux"]["cgroupsPath"], "/kiln/abc");
         let channel = spec["mounts"]
             .as_array()
             .unwrap()
