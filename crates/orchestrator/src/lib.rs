@@ -269,6 +269,21 @@ impl Orchestrator {
         Ok(sandbox)
     }
 
+    /// Makes a sandbox live at least `timeout` from now; never shortens it.
+    pub fn extend_timeout(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Arc<Sandbox>, SandboxError> {
+        let sandbox = self
+            .get(id)
+            .ok_or_else(|| SandboxError::NotFound(id.to_owned()))?;
+        let mut end_at = sandbox.end_at.lock().unwrap_or_else(|e| e.into_inner());
+        *end_at = (*end_at).max(OffsetDateTime::now_utc() + timeout);
+        drop(end_at);
+        Ok(sandbox)
+    }
+
     /// Kills a sandbox: its processes, its container and its files. `Ok(false)` if unknown.
     pub async fn kill(&self, id: &str) -> Result<bool, SandboxError> {
         let Some(sandbox) = self.lock().remove(id) else {

@@ -250,3 +250,19 @@ def test_cgroup_limits_from_the_template(sandbox):
     quota = open(f"/sys/fs/cgroup/cpu{cgroup}/cpu.cfs_quota_us").read().strip()
     period = open(f"/sys/fs/cgroup/cpu{cgroup}/cpu.cfs_period_us").read().strip()
     assert int(quota) == info.cpu_count * int(period)
+
+
+def test_connect_and_refresh_never_shorten(sandbox):
+    again = Sandbox.connect(sandbox.sandbox_id)
+    assert again.commands.run("echo connected").stdout == "connected\n"
+    sandbox.set_timeout(900)
+    before = sandbox.get_info().end_at
+    status, _, _ = api("POST", f"/sandboxes/{sandbox.sandbox_id}/refreshes", {"duration": 10})
+    assert status == 204
+    status, _, _ = api("POST", f"/v2/sandboxes/{sandbox.sandbox_id}/connect", {"timeout": 10})
+    assert status == 200
+    assert sandbox.get_info().end_at == before, "a shorter refresh or connect keeps the later end"
+    status, _, _ = api("POST", f"/sandboxes/{sandbox.sandbox_id}/refreshes", {"duration": 1200})
+    assert (sandbox.get_info().end_at - before).total_seconds() > 200
+    with pytest.raises(NotFoundException):
+        Sandbox.connect("doesnotexist")

@@ -233,12 +233,9 @@ async fn refresh(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<TimeoutBody>,
 ) -> Result<StatusCode, ApiError> {
-    let sandbox = owned(&state, &team, &id)?;
+    owned(&state, &team, &id)?;
     let requested = seconds(body.duration.unwrap_or(DEFAULT_TIMEOUT_SECS), "duration")?;
-    // A refresh never shortens a sandbox's life.
-    let remaining = (sandbox.end_at() - OffsetDateTime::now_utc()).max(time::Duration::ZERO);
-    let timeout = requested.max(Duration::try_from(remaining).unwrap_or_default());
-    state.orchestrator.set_timeout(&id, timeout)?;
+    state.orchestrator.extend_timeout(&id, requested)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -251,14 +248,9 @@ async fn connect(
 ) -> Result<Json<SandboxCreated>, ApiError> {
     let sandbox = owned(&state, &team, &id)?;
     if let Some(timeout) = body.timeout {
-        let requested = seconds(timeout, "timeout")?;
-        let remaining = Duration::try_from(
-            (sandbox.end_at() - OffsetDateTime::now_utc()).max(time::Duration::ZERO),
-        )
-        .unwrap_or_default();
-        if requested > remaining {
-            state.orchestrator.set_timeout(&id, requested)?;
-        }
+        state
+            .orchestrator
+            .extend_timeout(&id, seconds(timeout, "timeout")?)?;
     }
     Ok(Json(SandboxCreated::from(sandbox.as_ref())))
 }
