@@ -89,17 +89,10 @@ impl Runtime for GvisorRuntime {
                 .run(
                     "create",
                     id,
-                    &[
-                        OsStr::new("create"),
-                        OsStr::new("--bundle"),
-                        bundle.as_os_str(),
-                        OsStr::new(id),
-                    ],
+                    &[OsStr::new("--bundle"), bundle.as_os_str(), OsStr::new(id)],
                 )
                 .await?;
-            self.runsc
-                .run("start", id, &[OsStr::new("start"), OsStr::new(id)])
-                .await?;
+            self.runsc.run("start", id, &[OsStr::new(id)]).await?;
             let socket = socket_path(dir);
             wait_for_envd(id, &socket, BOOT_TIMEOUT).await?;
             EnvdClient::new(&socket)
@@ -115,7 +108,6 @@ impl Runtime for GvisorRuntime {
                     "checkpoint",
                     id,
                     &[
-                        OsStr::new("checkpoint"),
                         OsStr::new("--image-path"),
                         image.as_os_str(),
                         OsStr::new(id),
@@ -143,7 +135,6 @@ impl Runtime for GvisorRuntime {
                     "restore",
                     id,
                     &[
-                        OsStr::new("restore"),
                         OsStr::new("--detach"),
                         OsStr::new("--image-path"),
                         image.as_os_str(),
@@ -156,11 +147,7 @@ impl Runtime for GvisorRuntime {
             // envd quiesced its socket before the checkpoint; tell it to listen again.
             let signal = envd_proto::host::RESUME_SIGNAL.trim_start_matches("SIG");
             self.runsc
-                .run(
-                    "resume signal",
-                    id,
-                    &[OsStr::new("kill"), OsStr::new(id), OsStr::new(signal)],
-                )
+                .run("kill", id, &[OsStr::new(id), OsStr::new(signal)])
                 .await?;
             wait_for_envd(id, &socket_path(dir), RESTORE_TIMEOUT).await
         }
@@ -176,11 +163,7 @@ impl Runtime for GvisorRuntime {
         // gofer processes behind, so those are looked for and killed as well.
         let deleted = self
             .runsc
-            .run(
-                "delete",
-                id,
-                &[OsStr::new("delete"), OsStr::new("--force"), OsStr::new(id)],
-            )
+            .run("delete", id, &[OsStr::new("--force"), OsStr::new(id)])
             .await;
         kill_leftovers(self.runsc.root(), id);
         remove_cgroups(id);

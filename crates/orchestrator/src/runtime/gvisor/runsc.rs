@@ -35,10 +35,11 @@ impl Runsc {
         command
     }
 
-    /// Runs `runsc <args>`; output goes to the sandbox's log, and its tail into the error.
+    /// Runs `runsc <subcommand> <args>` for container `id`; output goes to its log, and the
+    /// log's last error line into the returned error.
     pub(super) async fn run(
         &self,
-        operation: &'static str,
+        subcommand: &'static str,
         id: &str,
         args: &[&std::ffi::OsStr],
     ) -> Result<(), RuntimeError> {
@@ -57,6 +58,7 @@ impl Runsc {
         })?;
         let status = self
             .command()
+            .arg(subcommand)
             .args(args)
             .stdout(log)
             .stderr(err_log)
@@ -70,7 +72,7 @@ impl Runsc {
             return Ok(());
         }
         Err(RuntimeError::Command {
-            operation,
+            operation: subcommand,
             id: id.to_owned(),
             detail: failure_detail(&log_path),
         })
