@@ -204,89 +204,110 @@ mod tests {
     #[test]
     fn file_access_rules() {
         let envd = Envd::new();
-        let none = HeaderMap::new();
-        let access = |signature, expiration| FileAccess {
-            path: "/a",
-            username: "",
-            signature,
-            expiration,
+        let allowed = |token_header: Option<&'static str>,
+                       signature: Option<&str>,
+                       expiration,
+                       operation,
+                       now| {
+            let mut headers = HeaderMap::new();
+            if let Some(token) = token_header {
+                headers.insert("x-access-token", HeaderValue::from_static(token));
+            }
+            let access = FileAccess {
+                path: "/a",
+                username: "",
+                signature,
+                expiration,
+            };
+            authorize_file_access(&envd, &headers, &access, operation, now).is_ok()
         };
-        // No token: everything goes.
-        assert!(
-            authorize_file_access(&envd, &none, &access(None, None), FileOperation::Read, 0)
-                .is_ok()
-        );
+        use FileOperation::{Read, Write};
+
+        // No token set: everything goes.
+        assert!(allowed(None, None, None, Read, 0));
 
         envd.defaults_mut().access_token = Some("tok".into());
-        assert!(
-            authorize_file_access(&envd, &none, &access(None, None), FileOperation::Read, 0)
-                .is_err()
-        );
-        let good = file_signature("/a", FileOperation::Read, "", "tok", Some(100));
-        assert!(
-            authorize_file_access(
-                &envd,
-                &none,
-                &access(Some(&good), Some(100)),
-                FileOperation::Read,
-                50
-            )
-            .is_ok()
-        );
-        // Expired, wrong operation, tampered expiry.
-        assert!(
-            authorize_file_access(
-                &envd,
-                &none,
-                &access(Some(&good), Some(100)),
-                FileOperation::Read,
-                101
-            )
-            .is_err()
-        );
-        assert!(
-            authorize_file_access(
-                &envd,
-                &none,
-                &access(Some(&good), Some(100)),
-                FileOperation::Write,
-                50
-            )
-            .is_err()
-        );
-        assert!(
-            authorize_file_access(
-                &envd,
-                &none,
-                &access(Some(&good), Some(200)),
-                FileOperation::Read,
-                50
-            )
-            .is_err()
-        );
-
-        let mut with_token = HeaderMap::new();
-        with_token.insert("x-access-token", HeaderValue::from_static("tok"));
-        assert!(
-            authorize_file_access(
-                &envd,
-                &with_token,
-                &access(None, None),
-                FileOperation::Write,
-                0
-            )
-            .is_ok()
-        );
-        with_token.insert("x-access-token", HeaderValue::from_static("nope"));
-        assert!(
-            authorize_file_access(
-                &envd,
-                &with_token,
-                &access(Some(&good), Some(100)),
-                FileOperation::Read,
-                50
-            )
-            .is_err()
-        );
+        let good = file_signature("/a", Read, "", "tok", Some(100));
+        struct Case<'a> {
+            token_header: Option<&'static str>,
+            signature: Option<&'a str>,
+            expiration: Option<i64>,
+            operation: FileOperation,
+            now: i64,
+            allowed: bool,
+            what: &'static str,
+        }
+        let case = |token_header, signature, expiration, operation, now, allowed, what| Case {
+            token_header,
+            signature,
+            expiration,
+            operation,
+            now,
+            allowed,
+            what,
+        };
+        let table = [
+            case(None, None, None, Read, 0, false, "no token, no signature"),
+            case(
+                None,
+                Some(&good),
+                Some(100),
+                Read,
+                50,
+                true,
+                "valid signature",
+            ),
+            case(None, Some(&good), Some(100), Read, 101, false, "expired"),
+            case(
+                None,
+                Some(&good),
+                Some(100),
+                Write,
+                50,
+                false,
+                "wrong operation",
+            ),
+            case(
+                None,
+                Some(&good),
+                Some(200),
+                Read,
+                50,
+                false,
+                "tampered expiry",
+            ),
+            case(
+                Some("tok"),
+                None,
+                None,
+                Write,
+                0,
+                true,
+                "matching token header",
+            ),
+            case(
+                Some("nope"),
+                Some(&good),
+                Some(100),
+                Read,
+                50,
+                false,
+                "a wrong token beats a valid signature",
+            ),
+        ];
+        for c in table {
+            assert_eq!(
+                allowed(
+                    c.token_header,
+                    c.signature,
+                    c.expiration,
+                    c.operation,
+                    c.now
+                ),
+                c.allowed,
+                "{}",
+                c.what
+            );
+        }
     }
 }
