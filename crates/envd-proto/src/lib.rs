@@ -56,8 +56,11 @@ pub mod host {
     /// Host socket only: close the socket listener and every connection over it, then
     /// acknowledge (`200`, then the connection closes). Sent before `runsc checkpoint`.
     pub const QUIESCE_PATH: &str = "/_kiln/quiesce";
-    /// The signal that makes a quiesced envd listen on its socket again (after a restore).
-    pub const RESUME_SIGNAL: &str = "SIGUSR1";
+    /// After a restore the host creates this file beside envd's socket (in the host channel
+    /// directory); a quiesced envd polls for it, removes it and listens again. A file rather
+    /// than a signal: delivering a signal into a sandbox takes a `runsc kill` process (~25 ms on
+    /// the create path), creating a file takes microseconds.
+    pub const RESUME_FILE: &str = "resume";
     /// Paths only the host may call; a proxy must refuse them from outside.
     pub const INTERNAL_PATHS: &[&str] = &["/init", QUIESCE_PATH];
     /// Whether a request path is host-only.

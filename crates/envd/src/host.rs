@@ -5,13 +5,15 @@
 //!   server inside the sandbox.
 //! - **quiesced**: after `POST /_kiln/quiesce` (over the socket), the listener, its socket file
 //!   and every connection over it (relays included) are closed, then the request is answered and
-//!   its own connection closed. `SIGUSR1` (after `runsc restore`) makes envd listen again.
+//!   its own connection closed. envd then polls for the host's resume file
+//!   ([`RESUME_FILE`] beside the socket, created by the host after `runsc restore`), removes it
+//!   and listens again.
 //!
 //! Invariant: when the host reads the quiesce answer to EOF, envd holds no host socket fd.
 
 use crate::server::{self, ConnInfo};
 use axum::{Router, body::Body, response::Response};
-use envd_proto::host::QUIESCE_PATH;
+use envd_proto::host::{QUIESCE_PATH, RESUME_FILE};
 use http::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use std::{
@@ -21,10 +23,12 @@ use std::{
 };
 use tokio::{
     net::{TcpStream, UnixListener},
-    signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
+
+/// How often a quiesced envd looks for the resume file: the delay it adds to a restore.
+const RESUME_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
 enum Command {
     Quiesce {
@@ -56,7 +60,7 @@ impl HostSocket {
     /// Binds the socket now, so start-up fails loudly on a bad path, then serves it forever.
     pub(crate) fn start(self: &Arc<Self>, app: Router) -> io::Result<JoinHandle<()>> {
         let listener = bind(&self.path)?;
-        let mut resume = signal(SignalKind::user_defined1())?;
+        let resume_file = self.path.with_file_name(RESUME_FILE);
         let mut commands = self
             .receiver
             .lock()
@@ -69,9 +73,13 @@ impl HostSocket {
             let mut next_id = 0_u64;
             loop {
                 let Some(active) = listener.take() else {
-                    // Quiesced: wait for the host's signal, then listen again.
+                    // Quiesced: wait for the host's resume file, then listen again.
                     tokio::select! {
-                        _ = resume.recv() => {}
+                        () = tokio::time::sleep(RESUME_POLL) => {
+                            if std::fs::remove_file(&resume_file).is_err() {
+                                continue;
+                            }
+                        }
                         command = commands.recv() => match command {
                             Some(Command::Quiesce { done, .. }) => { let _ = done.send(()); continue; }
                             None => return,
@@ -111,7 +119,6 @@ impl HostSocket {
                         }
                         None => return,
                     },
-                    _ = resume.recv() => listener = Some(active),
                 }
             }
         }))

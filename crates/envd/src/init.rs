@@ -3,7 +3,7 @@
 //! In a sandbox envd is the container's init, so orphaned processes are reparented to it and
 //! must be reaped. Reaping with `waitpid(-1)` inside envd would steal the exit status of the
 //! processes envd itself watches, so PID 1 splits in two, as tini does: the parent only reaps
-//! and forwards signals (the host's `SIGUSR1` resume signal among them) to the child, which
+//! and forwards signals to the child, which
 //! serves. The parent exits with the child's status.
 
 #![allow(unsafe_code)]

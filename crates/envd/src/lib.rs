@@ -9,6 +9,8 @@
 //! channel* through which Kiln reaches a sandbox that has no network. On that socket only it also
 //! serves the quiesce handshake and `CONNECT` relays to servers inside the sandbox ([`host`]).
 //!
+//! As a sandbox's init it also serves `sudo` to the sandbox's users ([`sudo`]).
+//!
 //! Architecture invariant: envd knows nothing about the host. It never calls out; the host
 //! calls in, and everything it needs from the host arrives through `/init`.
 
@@ -22,6 +24,7 @@ mod process;
 mod rpc;
 mod server;
 mod state;
+pub mod sudo;
 mod users;
 
 pub use init::split_if_pid1;
@@ -38,6 +41,8 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// Unix socket path of the host channel.
     pub socket: Option<PathBuf>,
+    /// Serve `sudo` on [`sudo::SOCKET`] (envd must run as root).
+    pub sudo: bool,
 }
 
 /// Why envd could not start serving.
@@ -50,6 +55,8 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot serve sudo on {}: {source}", sudo::SOCKET)]
+    Sudo { source: std::io::Error },
     #[error("cannot listen on socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -66,6 +73,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let envd = Envd::new();
     let app = router(envd);
 
+    if config.sudo {
+        sudo::server::start(std::path::Path::new(sudo::SOCKET))
+            .map_err(|source| ServeError::Sudo { source })?;
+    }
     let mut tasks = Vec::new();
     if let (Some(socket), Some(path)) = (&host_socket, &config.socket) {
         let task = socket

@@ -18,12 +18,19 @@ struct Args {
     /// Unix socket of the host channel.
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Serve `sudo` inside the sandbox (needs root).
+    #[arg(long)]
+    sudo: bool,
     /// Log at debug level.
     #[arg(long)]
     verbose: bool,
 }
 
 fn main() -> ExitCode {
+    // The sandbox's `sudo` is this binary under another name.
+    if envd::sudo::client::invoked_as_sudo() {
+        return envd::sudo::client::main();
+    }
     let args = Args::parse();
     envd::split_if_pid1();
     let filter = if args.verbose { "debug" } else { "info" };
@@ -37,6 +44,7 @@ fn main() -> ExitCode {
     let config = envd::Config {
         listen: (!args.no_tcp).then_some(SocketAddr::new(args.host, args.port)),
         socket: args.socket,
+        sudo: args.sudo,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

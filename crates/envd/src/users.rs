@@ -42,6 +42,12 @@ impl User {
         })
     }
 
+    /// Looks a user up by uid.
+    pub(crate) fn lookup_uid(uid: u32) -> Option<User> {
+        let entry = NixUser::from_uid(Uid::from_raw(uid)).ok().flatten()?;
+        User::lookup(&entry.name).ok()
+    }
+
     /// Chowns a path envd created on this user's behalf. Failure is ignored: envd may run
     /// unprivileged (tests), where the file already belongs to the only user there is.
     pub(crate) fn take_ownership(&self, path: &std::path::Path) {

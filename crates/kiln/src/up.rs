@@ -138,19 +138,15 @@ async fn ensure_base(
     orchestrator: &Orchestrator,
     config: &UpConfig,
 ) -> anyhow::Result<()> {
-    if templates.find(template::base::BASE_ID)?.is_some() {
-        return Ok(());
-    }
-    tracing::info!("building the base template (first start; takes a few minutes)");
     let progress = |line: &str| tracing::info!(target: "kiln::template", "{line}");
     let options = template::base::BaseBuild {
         envd: &config.envd,
         mirror: config.args.debian_mirror.clone(),
         progress: &progress,
     };
-    template::base::build(templates, orchestrator.runtime().as_ref(), options)
+    template::base::ensure(templates, orchestrator.runtime().as_ref(), options)
         .await
-        .context("building the base template")?;
+        .context("preparing the base template")?;
     Ok(())
 }
 

@@ -164,11 +164,17 @@ impl Orchestrator {
     /// team's limit from the start, so concurrent creations cannot overshoot it.
     pub async fn create(&self, new: NewSandbox) -> Result<Arc<Sandbox>, SandboxError> {
         self.reserve(&new.team_id, new.team_limit)?;
+        let started = std::time::Instant::now();
         let result = self.start(&new).await;
         self.release(&new.team_id);
         let sandbox = result?;
         self.lock().insert(sandbox.id.clone(), sandbox.clone());
-        tracing::info!(sandbox = %sandbox.id, template = %sandbox.template_id, "sandbox created");
+        tracing::info!(
+            sandbox = %sandbox.id,
+            template = %sandbox.template_id,
+            elapsed_ms = started.elapsed().as_millis(),
+            "sandbox created"
+        );
         Ok(sandbox)
     }
 

@@ -1,10 +1,9 @@
 //! The `base` template: Debian bookworm from `debootstrap`, the user `user` with passwordless
 //! sudo, and a static envd as the sandbox's init.
 
-use crate::{Template, TemplateError, TemplateStore, io};
+use crate::{Template, TemplateError, TemplateStore, guest, io};
 use orchestrator::runtime::{Limits, Runtime};
 use std::{
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Stdio,
 };
@@ -25,6 +24,10 @@ pub const PACKAGES: &[&str] = &[
 const SUITE: &str = "bookworm";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 
+/// What a `base` build consists of; a `base` built from another recipe is rebuilt. Bump it when
+/// the packages or the preparation below change.
+pub const RECIPE: &str = "bookworm-minbase/2";
+
 /// How to build the base template.
 pub struct BaseBuild<'a> {
     /// The static envd binary to install as `/usr/bin/envd`.
@@ -35,11 +38,67 @@ pub struct BaseBuild<'a> {
     pub progress: &'a (dyn Fn(&str) + Send + Sync),
 }
 
-/// Builds `base` and snapshots it; replaces an existing `base` only on success.
+/// Makes `base` current: builds it when absent or from another recipe; when only envd changed,
+/// installs the new envd into a copy of its root filesystem and snapshots that (seconds, no
+/// download). Returns whether anything was (re)built.
+pub async fn ensure(
+    store: &TemplateStore,
+    runtime: &dyn Runtime,
+    options: BaseBuild<'_>,
+) -> Result<bool, TemplateError> {
+    let existing = store.find(BASE_ID)?;
+    let recipe_current = existing
+        .as_ref()
+        .is_some_and(|t| t.recipe.as_deref() == Some(RECIPE));
+    if !recipe_current {
+        (options.progress)("building the base template (takes a few minutes)");
+        build(store, runtime, options).await?;
+        return Ok(true);
+    }
+    let digest = guest::envd_digest(options.envd)?;
+    if existing.is_some_and(|t| t.envd_sha256.as_deref() == Some(digest.as_str())) {
+        return Ok(false);
+    }
+    (options.progress)("envd changed: refreshing the base template");
+    let current_rootfs = store.dir().join(BASE_ID).join("rootfs");
+    in_building_dir(store, &options, async |building: &Path| {
+        let rootfs = building.join("rootfs");
+        run_streaming(
+            "copy rootfs",
+            "cp",
+            &[
+                "-a",
+                "--reflink=auto",
+                &path_arg(&current_rootfs),
+                &path_arg(&rootfs),
+            ],
+            options.progress,
+        )
+        .await?;
+        finish(building, runtime, &options).await
+    })
+    .await?;
+    Ok(true)
+}
+
+/// Builds `base` from scratch and snapshots it; replaces an existing `base` only on success.
 pub async fn build(
     store: &TemplateStore,
     runtime: &dyn Runtime,
     options: BaseBuild<'_>,
+) -> Result<Template, TemplateError> {
+    in_building_dir(store, &options, async |building: &Path| {
+        bootstrap(&building.join("rootfs"), &options).await?;
+        finish(building, runtime, &options).await
+    })
+    .await
+}
+
+/// Runs `steps` in a fresh `base.building` directory and commits its result.
+async fn in_building_dir(
+    store: &TemplateStore,
+    options: &BaseBuild<'_>,
+    steps: impl AsyncFnOnce(&Path) -> Result<Template, TemplateError>,
 ) -> Result<Template, TemplateError> {
     let building = store.dir().join(format!("{BASE_ID}.building"));
     if building.exists() {
@@ -47,8 +106,7 @@ pub async fn build(
             .map_err(io(format!("removing stale {}", building.display())))?;
     }
     std::fs::create_dir_all(&building).map_err(io(format!("creating {}", building.display())))?;
-    let result = build_in(&building, runtime, &options).await;
-    match result {
+    match steps(&building).await {
         Ok(template) => {
             store.commit(&building, &template)?;
             (options.progress)("base template ready");
@@ -61,20 +119,17 @@ pub async fn build(
     }
 }
 
-async fn build_in(
-    building: &Path,
-    runtime: &dyn Runtime,
-    options: &BaseBuild<'_>,
-) -> Result<Template, TemplateError> {
+/// debootstrap, the user `user` (group `sudo`: passwordless sudo through envd), and a login
+/// profile that spares every `bash -l` (how the SDKs run commands) a fork of `id -u`.
+async fn bootstrap(rootfs: &Path, options: &BaseBuild<'_>) -> Result<(), TemplateError> {
     let progress = options.progress;
-    let rootfs = building.join("rootfs");
     let mirror = options.mirror.clone().unwrap_or_else(host_mirror);
     progress(&format!(
         "debootstrap {SUITE} from {mirror} (with {})",
         PACKAGES.join(", ")
     ));
     let include = format!("--include={}", PACKAGES.join(","));
-    let rootfs_arg = rootfs.to_string_lossy().into_owned();
+    let rootfs_arg = path_arg(rootfs);
     run_streaming(
         "debootstrap",
         "debootstrap",
@@ -93,21 +148,32 @@ async fn build_in(
             "--create-home",
             "--shell",
             "/bin/bash",
+            "--groups",
+            "sudo",
             "user",
         ],
         progress,
     )
     .await?;
-    let sudoers = rootfs.join("etc/sudoers.d/user");
-    std::fs::write(&sudoers, "user ALL=(ALL:ALL) NOPASSWD: ALL\n")
-        .map_err(io("writing sudoers"))?;
-    std::fs::set_permissions(&sudoers, std::fs::Permissions::from_mode(0o440))
-        .map_err(io("chmod sudoers"))?;
+    let profile = rootfs.join("etc/profile");
+    let text = std::fs::read_to_string(&profile).map_err(io("reading /etc/profile"))?;
+    std::fs::write(
+        &profile,
+        text.replace("\"$(id -u)\"", "\"${EUID:-$(id -u)}\""),
+    )
+    .map_err(io("writing /etc/profile"))
+}
 
-    progress("installing envd as the sandbox's init");
-    install_envd(&rootfs, options.envd)?;
+/// Installs envd and snapshots the booted root filesystem in `building`.
+async fn finish(
+    building: &Path,
+    runtime: &dyn Runtime,
+    options: &BaseBuild<'_>,
+) -> Result<Template, TemplateError> {
+    (options.progress)("installing envd as the sandbox's init");
+    let envd_sha256 = guest::install(&building.join("rootfs"), options.envd)?;
 
-    progress("booting the template and taking its snapshot");
+    (options.progress)("booting the template and taking its snapshot");
     let limits = Limits {
         cpu_count: 2,
         memory_mb: 1024,
@@ -116,7 +182,7 @@ async fn build_in(
     runtime
         .snapshot(
             &container,
-            &rootfs,
+            &building.join("rootfs"),
             &building.join("work"),
             &building.join("snapshot"),
             limits,
@@ -136,18 +202,13 @@ async fn build_in(
         default_workdir: "/home/user".to_owned(),
         public: true,
         created_at: OffsetDateTime::now_utc(),
+        recipe: Some(RECIPE.to_owned()),
+        envd_sha256: Some(envd_sha256),
     })
 }
 
-/// Copies envd to `/usr/bin/envd` and creates the host channel's mount point.
-pub fn install_envd(rootfs: &Path, envd: &Path) -> Result<(), TemplateError> {
-    let target = rootfs.join("usr/bin/envd");
-    std::fs::copy(envd, &target)
-        .map_err(io(format!("copying {} into the rootfs", envd.display())))?;
-    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
-        .map_err(io("chmod envd"))?;
-    std::fs::create_dir_all(rootfs.join("run/kiln")).map_err(io("creating /run/kiln"))?;
-    Ok(())
+fn path_arg(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
 }
 
 /// Runs a build step, passing each output line to `progress`; a failure carries the last lines.

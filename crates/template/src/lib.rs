@@ -8,6 +8,7 @@
 //! directory renamed into place at the end, so a failed build leaves the previous one serving.
 
 pub mod base;
+pub mod guest;
 
 use orchestrator::TemplateImage;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,12 @@ pub struct Template {
     pub public: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// How the root filesystem was made (for `base`, [`base::RECIPE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
+    /// The envd in the root filesystem and snapshot ([`guest::envd_digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envd_sha256: Option<String>,
 }
 
 /// Why templates could not be read or built.
@@ -165,6 +172,8 @@ mod tests {
             default_workdir: "/home/user".into(),
             public: true,
             created_at: OffsetDateTime::UNIX_EPOCH,
+            recipe: None,
+            envd_sha256: None,
         };
         let building = dir.path().join("t1.building");
         std::fs::create_dir_all(&building).unwrap();

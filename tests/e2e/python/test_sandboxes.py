@@ -23,6 +23,30 @@ def test_commands_run_as_user_in_home(sandbox):
     assert sandbox.commands.run("id -u", user="root").stdout == "0\n"
 
 
+def test_passwordless_sudo(sandbox):
+    """gVisor defeats setuid binaries, so the sandbox's sudo goes through envd."""
+    assert sandbox.commands.run("sudo -n id -u").stdout == "0\n"
+    assert sandbox.commands.run("sudo whoami; sudo -u user whoami").stdout == "root\nuser\n"
+    root_file = sandbox.commands.run("echo secret | sudo tee /root/only-root >/dev/null && sudo cat /root/only-root")
+    assert root_file.stdout == "secret\n"
+    with pytest.raises(CommandExitException) as raised:
+        sandbox.commands.run("cat /root/only-root")
+    assert "Permission denied" in raised.value.stderr
+    assert sandbox.commands.run("sudo sh -c 'echo $HOME $SUDO_USER'; sudo FOO=1 env | grep ^FOO").stdout == "/root user\nFOO=1\n"
+    with pytest.raises(CommandExitException) as raised:
+        sandbox.commands.run("sudo sh -c 'exit 3'")
+    assert raised.value.exit_code == 3
+    with pytest.raises(CommandExitException) as raised:
+        sandbox.commands.run("sudo -u nobody sudo true")
+    assert raised.value.exit_code == 1 and "nobody is not in the sudoers file" in raised.value.stderr
+    # A killed sudo takes its command with it.
+    sandbox.commands.run("sudo sleep 600", background=True)
+    time.sleep(0.5)
+    sandbox.commands.run("pkill -KILL -x sudo")
+    time.sleep(0.5)
+    assert sandbox.commands.run("pgrep -x sleep || echo none").stdout == "none\n"
+
+
 def test_exit_codes_streams_and_envs(sandbox):
     with pytest.raises(CommandExitException) as raised:
         sandbox.commands.run("echo bad >&2; exit 4")

@@ -4,7 +4,6 @@ import http.client
 import http.server
 import json
 import os
-import signal
 import socket
 import threading
 import time
@@ -141,17 +140,21 @@ def test_quiesce_closes_everything_and_sigusr1_resumes(socket_envd, loopback_ser
         socket_envd.request("GET", "/health", conn=idle)
     assert host_socket_fds(socket_envd) == [], "gVisor cannot checkpoint a bound host socket"
 
-    os.kill(socket_envd.proc.pid, signal.SIGUSR1)
+    time.sleep(0.1)
+    assert not path.exists(), "a quiesced envd waits for the host's resume file"
+    resume = path.with_name("resume")
+    resume.touch()
     deadline = time.time() + 5
     while not path.exists() and time.time() < deadline:
         time.sleep(0.02)
     assert socket_envd.request("GET", "/health")[0] == 204
+    assert not resume.exists(), "envd consumes the resume file"
     listed = json.loads(socket_envd.request("POST", "/process.Process/List", b"{}", {"Content-Type": "application/json"})[2])
     assert pid in [p["pid"] for p in listed["processes"]], "processes survive a quiesce"
 
     # A second quiesce/resume cycle works the same way.
     assert socket_envd.request("POST", "/_kiln/quiesce")[0] == 200
-    os.kill(socket_envd.proc.pid, signal.SIGUSR1)
+    resume.touch()
     deadline = time.time() + 5
     while not path.exists() and time.time() < deadline:
         time.sleep(0.02)

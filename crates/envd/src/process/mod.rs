@@ -11,7 +11,7 @@
 mod pty;
 mod spawn;
 
-pub(crate) use spawn::Spec;
+pub(crate) use spawn::{Spec, run_as};
 
 use envd_proto::process::{ProcessConfig, process_event};
 use nix::{sys::signal::Signal, unistd::Pid};

@@ -106,6 +106,15 @@ pub(crate) fn spawn(spec: Spec) -> io::Result<Spawned> {
     Ok(Spawned { child, io })
 }
 
+/// Makes a blocking `command` (the sudo service's) run as `user`.
+pub(crate) fn run_as(command: &mut std::process::Command, user: &User) {
+    let credentials = Credentials::for_user(user);
+    // SAFETY: only async-signal-safe syscalls on pre-built data, as in `spawn`.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, move || credentials.apply());
+    }
+}
+
 /// The identity a child takes on, prepared before fork so that applying it allocates nothing.
 #[derive(Clone)]
 struct Credentials {

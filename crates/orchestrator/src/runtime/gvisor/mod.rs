@@ -129,6 +129,13 @@ impl Runtime for GvisorRuntime {
         limits: Limits,
     ) -> Result<(), RuntimeError> {
         let bundle = self.write_bundle(id, rootfs, dir, limits)?;
+        // envd quiesced its socket before the checkpoint; this file tells it to listen again.
+        let resume = channel_dir(dir).join(envd_proto::host::RESUME_FILE);
+        std::fs::write(&resume, b"").map_err(|source| RuntimeError::Io {
+            context: format!("creating {}", resume.display()),
+            source,
+        })?;
+        let started = Instant::now();
         let result = async {
             self.runsc
                 .run(
@@ -144,12 +151,15 @@ impl Runtime for GvisorRuntime {
                     ],
                 )
                 .await?;
-            // envd quiesced its socket before the checkpoint; tell it to listen again.
-            let signal = envd_proto::host::RESUME_SIGNAL.trim_start_matches("SIG");
-            self.runsc
-                .run("kill", id, &[OsStr::new(id), OsStr::new(signal)])
-                .await?;
-            wait_for_envd(id, &socket_path(dir), RESTORE_TIMEOUT).await
+            let restored = started.elapsed();
+            wait_for_envd(id, &socket_path(dir), RESTORE_TIMEOUT).await?;
+            tracing::debug!(
+                sandbox = %id,
+                restored_ms = restored.as_millis(),
+                envd_ms = started.elapsed().as_millis(),
+                "restored"
+            );
+            Ok(())
         }
         .await;
         if result.is_err() {

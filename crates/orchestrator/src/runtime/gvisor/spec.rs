@@ -40,7 +40,7 @@ pub(super) fn sandbox_spec(id: &str, rootfs: &Path, channel: &Path, limits: Limi
         "ociVersion": "1.0.2",
         "process": {
             "user": {"uid": 0, "gid": 0},
-            "args": ["/usr/bin/envd", "--socket", SANDBOX_SOCKET, "--no-tcp"],
+            "args": ["/usr/bin/envd", "--socket", SANDBOX_SOCKET, "--no-tcp", "--sudo"],
             "env": [
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 "ENVD_LOG=warn",
