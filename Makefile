@@ -12,11 +12,14 @@ STATIC_ENVD := target/static/x86_64-unknown-linux-gnu/release/envd
 CARGO_ENV := CARGO_TERM_COLOR=never
 
 KILN      := target/release/kiln
-# Debian packages Kiln needs on the host (runsc: gVisor; debootstrap: the base template).
-HOST_PACKAGES := runsc debootstrap util-linux procps python3-venv
+# Debian packages Kiln needs on the host (runsc: gVisor; debootstrap: the base template;
+# iproute2 and nftables: the network of template build steps).
+HOST_PACKAGES := runsc debootstrap util-linux procps python3-venv iproute2 nftables
+# What the tests need besides: a registry and static busybox/bash to make test images offline.
+TEST_PACKAGES := docker-registry busybox-static bash-static
 KILN_HOME ?= /var/lib/kiln
 
-.PHONY: help up test lint unit sdk-python sdk-js e2e-python e2e-js build envd-static host-packages deps bench bench-envd bench-kiln fuzz clean
+.PHONY: help up test lint unit sdk-python sdk-js e2e-python e2e-js build envd-static host-packages test-packages install-packages deps bench bench-envd bench-kiln fuzz clean
 
 help:
 	@echo "make up     install host packages, build, prepare the base template, start Kiln"
@@ -33,7 +36,13 @@ build: envd-static
 	$(CARGO_ENV) cargo build --release --locked -p envd -p kiln
 
 host-packages:
-	@missing=""; for p in $(HOST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(HOST_PACKAGES)"
+
+test-packages:
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(TEST_PACKAGES)"
+
+install-packages:
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -49,7 +58,7 @@ lint:
 	cargo fmt --all --check
 	$(CARGO_ENV) cargo clippy --locked --workspace --all-targets -- -D warnings
 
-unit:
+unit: test-packages
 	$(CARGO_ENV) cargo test --locked --workspace
 
 deps: $(VENV)/.installed $(JS_DIR)/node_modules/.installed
@@ -71,7 +80,7 @@ sdk-js: build deps
 
 # Kiln end to end: the suites start `kiln up` themselves (state in KILN_TEST_HOME, default
 # /var/lib/kiln-test, kept between runs so the base template is built once per machine).
-e2e-python: host-packages build deps
+e2e-python: host-packages test-packages build deps
 	KILN_ENVD=$(STATIC_ENVD) $(PYTHON) -m pytest -p no:cacheprovider -q tests/e2e/python
 	KILN_ENVD=$(STATIC_ENVD) $(PYTHON) -m pytest -p no:cacheprovider -q tests/e2e/recovery
 

@@ -8,6 +8,7 @@
 //! Architecture invariant: handlers validate and convert; the orchestrator acts. Nothing here
 //! runs runsc or speaks to envd except through `orchestrator`.
 
+pub mod builds;
 pub mod error;
 pub mod extract;
 pub mod routes;
@@ -23,6 +24,9 @@ pub struct AppState {
     pub store: store::Store,
     pub orchestrator: Arc<orchestrator::Orchestrator>,
     pub templates: template::TemplateStore,
+    pub builds: builds::Builds,
+    /// Signs build-context upload links (random per start: links live an hour).
+    pub upload_key: Arc<[u8]>,
 }
 
 /// Every API route. Unknown routes answer 404 with E2B's error body.
@@ -34,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(routes::sandboxes::routes())
         .merge(routes::templates::routes())
+        .merge(routes::builds::routes())
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .with_state(state)
 }

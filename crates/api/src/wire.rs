@@ -1,6 +1,7 @@
 //! E2B's REST types, field for field (`spec/openapi.yml`); conversions from domain types are here
 //! and nowhere else.
 
+use crate::store::{BuildRecord, TemplateRecord};
 use orchestrator::Sandbox;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -157,14 +158,16 @@ pub struct TemplateInfo {
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     pub created_by: Option<String>,
+    pub last_spawned_at: Option<String>,
     pub envd_version: String,
     pub build_status: &'static str,
     pub spawn_count: u64,
     pub build_count: u64,
 }
 
-impl From<&template::Template> for TemplateInfo {
-    fn from(t: &template::Template) -> Self {
+impl TemplateInfo {
+    /// A template with a finished build; `status` is its newest build's.
+    pub fn built(t: &template::Template, status: &'static str, build_count: u64) -> Self {
         TemplateInfo {
             template_id: t.id.clone(),
             build_id: t.build_id.clone(),
@@ -177,10 +180,209 @@ impl From<&template::Template> for TemplateInfo {
             created_at: t.created_at,
             updated_at: t.created_at,
             created_by: None,
+            last_spawned_at: None,
             envd_version: t.envd_version.clone(),
-            build_status: "ready",
+            build_status: status,
+            spawn_count: 0,
+            build_count,
+        }
+    }
+
+    /// A template whose first build has not finished.
+    pub fn pending(record: &TemplateRecord, build: &BuildRecord) -> Self {
+        TemplateInfo {
+            template_id: record.id.clone(),
+            build_id: build.id.clone(),
+            cpu_count: record.cpu_count,
+            memory_mb: record.memory_mb,
+            disk_size_mb: 1024,
+            public: record.public,
+            aliases: vec![record.name.clone()],
+            names: vec![record.name.clone()],
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            created_by: None,
+            last_spawned_at: None,
+            envd_version: envd_proto::host::ENVD_VERSION.to_owned(),
+            build_status: build.status.as_str(),
             spawn_count: 0,
             build_count: 1,
         }
     }
+}
+
+/// `TemplateBuildRequestV3` (POST /v3/templates).
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateBuildRequestV3 {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub alias: Option<String>,
+    pub cpu_count: Option<i64>,
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: Option<i64>,
+}
+
+/// `TemplateRequestResponseV3` (202).
+#[derive(Serialize, Debug)]
+pub struct TemplateRequested {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+    pub public: bool,
+    pub names: Vec<String>,
+    pub tags: Vec<String>,
+    pub aliases: Vec<String>,
+}
+
+/// `TemplateBuildRequest` (v1: POST /templates with a Dockerfile).
+#[derive(Deserialize, Serialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateBuildRequestV1 {
+    pub dockerfile: String,
+    pub alias: Option<String>,
+    pub start_cmd: Option<String>,
+    pub ready_cmd: Option<String>,
+    pub cpu_count: Option<i64>,
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: Option<i64>,
+}
+
+/// `TemplateBuildFileUpload` (201).
+#[derive(Serialize, Debug)]
+pub struct FileUpload {
+    pub present: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// `BuildLogEntry`.
+#[derive(Serialize, Debug)]
+pub struct BuildLogEntry {
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
+    pub message: String,
+    pub level: template::build::LogLevel,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+}
+
+impl From<crate::builds::LogEntry> for BuildLogEntry {
+    fn from(entry: crate::builds::LogEntry) -> Self {
+        BuildLogEntry {
+            timestamp: entry.timestamp,
+            message: entry.message,
+            level: entry.level,
+            step: entry.step,
+        }
+    }
+}
+
+/// `BuildStatusReason`.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildStatusReason {
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    pub log_entries: Vec<BuildLogEntry>,
+}
+
+/// `TemplateBuildInfo` (GET …/builds/{buildID}/status).
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateBuildInfo {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+    pub status: &'static str,
+    pub logs: Vec<String>,
+    pub log_entries: Vec<BuildLogEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<BuildStatusReason>,
+}
+
+/// `TemplateBuild` (in `TemplateWithBuilds`).
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateBuild {
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+    pub status: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub finished_at: Option<OffsetDateTime>,
+    pub cpu_count: u32,
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: u64,
+    #[serde(rename = "diskSizeMB")]
+    pub disk_size_mb: u64,
+    pub envd_version: String,
+}
+
+impl From<&BuildRecord> for TemplateBuild {
+    fn from(build: &BuildRecord) -> Self {
+        TemplateBuild {
+            build_id: build.id.clone(),
+            status: build.status.as_str(),
+            created_at: build.created_at,
+            updated_at: build.updated_at,
+            finished_at: build.finished_at,
+            cpu_count: build.cpu_count,
+            memory_mb: build.memory_mb,
+            disk_size_mb: 1024,
+            envd_version: envd_proto::host::ENVD_VERSION.to_owned(),
+        }
+    }
+}
+
+/// `TemplateWithBuilds` (GET /templates/{id}).
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateWithBuilds {
+    #[serde(flatten)]
+    pub template: TemplateInfo,
+    pub builds: Vec<TemplateBuild>,
+}
+
+/// `TemplateTag`.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateTag {
+    pub tag: String,
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// `AssignTemplateTagsRequest`.
+#[derive(Deserialize, Debug)]
+pub struct AssignTags {
+    pub target: String,
+    pub tags: Vec<String>,
+}
+
+/// `AssignedTemplateTags` (201).
+#[derive(Serialize, Debug)]
+pub struct AssignedTags {
+    pub tags: Vec<String>,
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+}
+
+/// `DeleteTemplateTagsRequest`.
+#[derive(Deserialize, Debug)]
+pub struct DeleteTags {
+    pub name: String,
+    pub tags: Vec<String>,
 }

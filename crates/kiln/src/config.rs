@@ -37,6 +37,8 @@ pub(crate) struct UpConfig {
     pub(crate) args: UpArgs,
     pub(crate) envd: PathBuf,
     pub(crate) runsc: PathBuf,
+    /// Where template images come from (`ARTIFACTS_REGISTRY_PROVIDER` and its settings).
+    pub(crate) images: std::sync::Arc<registry::Images>,
 }
 
 impl UpArgs {
@@ -80,6 +82,12 @@ impl UpArgs {
         if self.api_addr == self.proxy_addr {
             problems.push("--api-addr and --proxy-addr must differ".to_owned());
         }
+        let images = registry::Images::from_env(&self.home, &self.home.join("cache/images"))
+            .map_err(|errors| {
+                problems.extend(errors.to_string().lines().map(str::to_owned));
+            })
+            .ok()
+            .map(std::sync::Arc::new);
         if !problems.is_empty() {
             anyhow::bail!(
                 "cannot start, {} problem(s):\n  - {}",
@@ -87,13 +95,14 @@ impl UpArgs {
                 problems.join("\n  - ")
             );
         }
-        match (envd, runsc) {
-            (Some(envd), Some(runsc)) => Ok(UpConfig {
+        match (envd, runsc, images) {
+            (Some(envd), Some(runsc), Some(images)) => Ok(UpConfig {
                 args: self,
                 envd,
                 runsc,
+                images,
             }),
-            _ => anyhow::bail!("cannot start: envd or runsc missing"),
+            _ => anyhow::bail!("cannot start: envd, runsc or the registry settings are missing"),
         }
     }
 }

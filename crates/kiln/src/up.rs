@@ -57,9 +57,32 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     if removed > 0 {
         tracing::warn!(removed, "removed sandboxes left over from a previous run");
     }
+    orchestrator::runtime::network::remove_leftovers().await;
     let templates =
         TemplateStore::open(&home.join("templates")).context("opening the template store")?;
     ensure_base(&templates, &orchestrator, &config).await?;
+    let interrupted = store
+        .fail_interrupted_builds()
+        .await
+        .context("failing builds interrupted by the previous run")?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "failed template builds interrupted by the previous run"
+        );
+    }
+    let builder = Arc::new(template::build::Builder {
+        store: templates.clone(),
+        runtime: orchestrator.runtime().clone(),
+        images: config.images.clone(),
+        envd: config.envd.clone(),
+        files: home.join("cache/files"),
+        work: home.join("cache/build"),
+    });
+    let builds = api::builds::Builds::new(store.clone(), builder, home.join("logs/builds"))
+        .context("preparing template builds")?;
+    let mut upload_key = [0u8; 32];
+    rand::fill(&mut upload_key);
 
     let api_listener = TcpListener::bind(config.args.api_addr)
         .await
@@ -71,6 +94,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         store,
         orchestrator: orchestrator.clone(),
         templates,
+        builds,
+        upload_key: Arc::from(upload_key.as_slice()),
     });
     let proxy = proxy::router(orchestrator.clone());
 

@@ -158,6 +158,67 @@ impl EnvdClient {
 
     /// Runs a command to completion through `process.Process/Start`.
     pub async fn exec(&self, exec: &ExecRequest) -> Result<ExecResult, EnvdError> {
+        let request = self.start_request(exec, Some(exec.timeout));
+        let limit = exec.timeout + Duration::from_secs(5);
+        let (status, body) = tokio::time::timeout(limit, self.call(request))
+            .await
+            .map_err(|_| EnvdError::Timeout(limit))??;
+        expect(status, StatusCode::OK, &body)?;
+        collect_exec(&body)
+    }
+
+    /// Starts a command and returns its pid once envd reports it started; the command keeps
+    /// running after this returns (envd's processes outlive their clients).
+    pub async fn spawn(&self, exec: &ExecRequest) -> Result<u32, EnvdError> {
+        let request = self.start_request(exec, None);
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(EnvdError::Connect)?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if status != StatusCode::OK {
+            let text = body.collect().await?.to_bytes();
+            return Err(EnvdError::Status {
+                status,
+                body: String::from_utf8_lossy(&text).chars().take(500).collect(),
+            });
+        }
+        let mut decoder = envelope::Decoder::default();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            decoder.push(&data);
+            while let Some(frame) = decoder.next_frame()? {
+                if frame.is_end_stream() {
+                    frame.end_stream_result()?;
+                    continue;
+                }
+                let response: StartResponse = Codec::Json.decode(&frame.payload)?;
+                if let Some(process_event::Event::Start(start)) =
+                    response.event.and_then(|e| e.event)
+                {
+                    return Ok(start.pid);
+                }
+            }
+        }
+        Err(EnvdError::Status {
+            status,
+            body: "the stream ended before the process started".into(),
+        })
+    }
+
+    /// A `process.Process/Start` request; `deadline` becomes `Connect-Timeout-Ms`, after which
+    /// envd kills the process.
+    fn start_request(
+        &self,
+        exec: &ExecRequest,
+        deadline: Option<Duration>,
+    ) -> Request<Full<Bytes>> {
         let start = StartRequest {
             process: Some(ProcessConfig {
                 cmd: exec.command.clone(),
@@ -175,10 +236,12 @@ impl EnvdClient {
             envelope::encode(&Codec::Json.encode(&start)).to_vec(),
         );
         let headers = request.headers_mut();
-        headers.insert(
-            "connect-timeout-ms",
-            header::HeaderValue::from(exec.timeout.as_millis() as u64),
-        );
+        if let Some(deadline) = deadline {
+            headers.insert(
+                "connect-timeout-ms",
+                header::HeaderValue::from(deadline.as_millis() as u64),
+            );
+        }
         if let Some(user) = &exec.user {
             use base64::Engine;
             let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
@@ -186,12 +249,7 @@ impl EnvdClient {
                 headers.insert(header::AUTHORIZATION, value);
             }
         }
-        let limit = exec.timeout + Duration::from_secs(5);
-        let (status, body) = tokio::time::timeout(limit, self.call(request))
-            .await
-            .map_err(|_| EnvdError::Timeout(limit))??;
-        expect(status, StatusCode::OK, &body)?;
-        collect_exec(&body)
+        request
     }
 }
 

@@ -40,6 +40,8 @@ pub struct TemplateImage {
     pub envd_version: String,
     pub default_user: String,
     pub default_workdir: String,
+    /// Environment of every sandbox of the template; a sandbox's own `envVars` override it.
+    pub env_vars: BTreeMap<String, String>,
 }
 
 /// A request for a sandbox.
@@ -195,8 +197,10 @@ impl Orchestrator {
                 .restore(&id, &template.rootfs, &template.image, &dir, limits)
                 .await?;
             let access_token = new.secure.then(|| random_hex(32));
+            let mut env_vars = template.env_vars.clone();
+            env_vars.extend(new.env_vars.clone());
             let init = InitRequest {
-                env_vars: new.env_vars.clone(),
+                env_vars,
                 access_token: access_token.clone(),
                 default_user: template.default_user.clone(),
                 default_workdir: template.default_workdir.clone(),

@@ -204,6 +204,11 @@ async fn finish(
         created_at: OffsetDateTime::now_utc(),
         recipe: Some(RECIPE.to_owned()),
         envd_sha256: Some(envd_sha256),
+        team_id: None,
+        env_vars: Default::default(),
+        build_key: None,
+        start_cmd: None,
+        ready_cmd: None,
     })
 }
 

@@ -1,9 +1,11 @@
 //! What Kiln adds to every template's root filesystem: envd as init, the host channel's mount
 //! point, and `sudo` served by envd.
 //!
-//! Only file operations: nothing from the root filesystem runs on the host.
+//! Only file operations, every path resolved inside the root filesystem
+//! ([`resolve_in_root`]): nothing from an (untrusted) image runs on the host, and no symlink in
+//! it can redirect a write outside it.
 
-use crate::{TemplateError, io};
+use crate::{TemplateError, io, layers::resolve_in_root};
 use sha2::{Digest, Sha256};
 use std::{
     io::Write,
@@ -21,17 +23,28 @@ const DPKG_DIVERSIONS: &str = "var/lib/dpkg/diversions";
 /// Installs `envd` (static) into `rootfs` and makes `/usr/bin/sudo` run through it. Returns the
 /// SHA-256 of the envd installed, which says whether a template's snapshot is current.
 pub fn install(rootfs: &Path, envd: &Path) -> Result<String, TemplateError> {
-    let target = rootfs.join(ENVD);
-    if let Some(dir) = target.parent() {
-        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    for dir in ["usr", "usr/bin", "run", "run/kiln"] {
+        let dir = inside(rootfs, dir, true)?;
+        if !dir.is_dir() {
+            std::fs::create_dir(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        }
     }
+    let target = inside(rootfs, ENVD, false)?;
+    let _ = std::fs::remove_file(&target);
     std::fs::copy(envd, &target)
         .map_err(io(format!("copying {} into the rootfs", envd.display())))?;
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
         .map_err(io("chmod envd"))?;
-    std::fs::create_dir_all(rootfs.join("run/kiln")).map_err(io("creating /run/kiln"))?;
     install_sudo(rootfs)?;
     envd_digest(envd)
+}
+
+/// `path` inside `rootfs`, resolved as a chroot would.
+fn inside(rootfs: &Path, path: &str, follow_last: bool) -> Result<PathBuf, TemplateError> {
+    resolve_in_root(rootfs, Path::new(path), follow_last).map_err(|e| TemplateError::Step {
+        step: "installing envd",
+        detail: e.to_string(),
+    })
 }
 
 /// The SHA-256 (hex) of an envd binary.
@@ -46,13 +59,13 @@ pub fn envd_digest(envd: &Path) -> Result<String, TemplateError> {
 /// `/usr/bin/sudo` → `envd`; an image's own sudo is diverted the way dpkg records it, so a
 /// reinstalled sudo package does not replace the link.
 fn install_sudo(rootfs: &Path) -> Result<(), TemplateError> {
-    let sudo = rootfs.join(SUDO);
+    let sudo = inside(rootfs, SUDO, false)?;
     match std::fs::symlink_metadata(&sudo) {
         Ok(meta) if meta.file_type().is_symlink() => {
             std::fs::remove_file(&sudo).map_err(io("replacing the sudo link"))?;
         }
         Ok(_) => {
-            std::fs::rename(&sudo, rootfs.join(DIVERTED_SUDO))
+            std::fs::rename(&sudo, inside(rootfs, DIVERTED_SUDO, false)?)
                 .map_err(io("moving the image's sudo aside"))?;
             record_diversion(rootfs)?;
         }
@@ -62,7 +75,7 @@ fn install_sudo(rootfs: &Path) -> Result<(), TemplateError> {
 }
 
 fn record_diversion(rootfs: &Path) -> Result<(), TemplateError> {
-    let diversions: PathBuf = rootfs.join(DPKG_DIVERSIONS);
+    let diversions = inside(rootfs, DPKG_DIVERSIONS, false)?;
     if !diversions.parent().is_some_and(Path::exists) {
         return Ok(());
     }

@@ -8,11 +8,16 @@
 //! directory renamed into place at the end, so a failed build leaves the previous one serving.
 
 pub mod base;
+pub mod build;
 pub mod guest;
+pub mod layers;
 
 use orchestrator::TemplateImage;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 use time::OffsetDateTime;
 
 /// A built template.
@@ -37,6 +42,20 @@ pub struct Template {
     /// The envd in the root filesystem and snapshot ([`guest::envd_digest`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envd_sha256: Option<String>,
+    /// The team that owns the template; `None` for the built-in `base`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<String>,
+    /// Environment every sandbox of the template starts with (the build's `ENV`s).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_vars: BTreeMap<String, String>,
+    /// The content key of the build (its layers, start and ready commands, resources): an
+    /// unchanged rebuild reuses the template as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_cmd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_cmd: Option<String>,
 }
 
 /// Why templates could not be read or built.
@@ -88,7 +107,7 @@ impl TemplateStore {
             std::fs::read_dir(&self.dir).map_err(io(format!("reading {}", self.dir.display())))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".building") || !entry.path().join(METADATA).exists() {
+            if name.contains('.') || !entry.path().join(METADATA).exists() {
                 continue;
             }
             templates.push(self.read(&name)?);
@@ -127,7 +146,30 @@ impl TemplateStore {
             envd_version: template.envd_version.clone(),
             default_user: template.default_user.clone(),
             default_workdir: template.default_workdir.clone(),
+            env_vars: template.env_vars.clone(),
         }
+    }
+
+    /// Removes template `id` and its files. False if there was none.
+    pub fn remove(&self, id: &str) -> Result<bool, TemplateError> {
+        let dir = self.dir.join(id);
+        if id.is_empty() || id.contains('/') || id.starts_with('.') || !dir.exists() {
+            return Ok(false);
+        }
+        let doomed = self.dir.join(format!("{id}.deleting"));
+        std::fs::rename(&dir, &doomed).map_err(io(format!("moving {} aside", dir.display())))?;
+        std::fs::remove_dir_all(&doomed).map_err(io(format!("removing {}", doomed.display())))?;
+        Ok(true)
+    }
+
+    /// Rewrites the metadata of template `template.id` (its files unchanged).
+    pub(crate) fn update(&self, template: &Template) -> Result<(), TemplateError> {
+        let dir = self.dir.join(&template.id);
+        let metadata = serde_json::to_string_pretty(template)
+            .map_err(|e| TemplateError::Corrupt(template.id.clone(), e.to_string()))?;
+        let temporary = dir.join(format!("{METADATA}.new"));
+        std::fs::write(&temporary, metadata).map_err(io("writing template metadata"))?;
+        std::fs::rename(&temporary, dir.join(METADATA)).map_err(io("replacing template metadata"))
     }
 
     /// Moves a finished build into place, replacing the template's previous build.
@@ -174,6 +216,11 @@ mod tests {
             created_at: OffsetDateTime::UNIX_EPOCH,
             recipe: None,
             envd_sha256: None,
+            team_id: None,
+            env_vars: Default::default(),
+            build_key: None,
+            start_cmd: None,
+            ready_cmd: None,
         };
         let building = dir.path().join("t1.building");
         std::fs::create_dir_all(&building).unwrap();

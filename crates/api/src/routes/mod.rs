@@ -1,4 +1,5 @@
 //! Route groups, one module per resource.
 
+pub mod builds;
 pub mod sandboxes;
 pub mod templates;

@@ -60,9 +60,12 @@ async fn create(
     ApiJson(body): ApiJson<NewSandbox>,
 ) -> Result<Response, ApiError> {
     let timeout = seconds(body.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS), "timeout")?;
+    // `name:tag`: a template's tags all name its current build, the only one kept on a node.
+    let name = body.template_id.split(':').next().unwrap_or_default();
     let template = state
         .templates
-        .find(&body.template_id)?
+        .find(name)?
+        .filter(|t| t.team_id.is_none() || t.team_id.as_deref() == Some(team.0.id.as_str()))
         .ok_or_else(|| ApiError::not_found(format!("template '{}' not found", body.template_id)))?;
     let new = orchestrator::NewSandbox {
         team_id: team.0.id.clone(),

@@ -33,6 +33,28 @@ pub(crate) enum SandboxCommand {
 pub(crate) enum TemplateCommand {
     /// List templates.
     List,
+    /// Build a template from a Dockerfile, showing its progress and log.
+    Build {
+        /// The Dockerfile (no build context: COPY/ADD need the SDK's Template().copy()).
+        #[arg(short = 'f', long = "file", default_value = "Dockerfile")]
+        dockerfile: PathBuf,
+        /// The template's name (alias).
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        cpu: Option<u32>,
+        /// Memory in MiB.
+        #[arg(long)]
+        memory: Option<u32>,
+        /// Command started in the template before its snapshot (default: the Dockerfile's CMD).
+        #[arg(long)]
+        start_cmd: Option<String>,
+        /// Command that succeeds once the started command is ready.
+        #[arg(long)]
+        ready_cmd: Option<String>,
+    },
+    /// Delete a template.
+    Delete { template: String },
 }
 
 struct Client {
@@ -162,6 +184,28 @@ pub(crate) async fn sandbox(command: SandboxCommand) -> anyhow::Result<()> {
 pub(crate) async fn template(command: TemplateCommand) -> anyhow::Result<()> {
     let client = Client::from_env()?;
     match command {
+        TemplateCommand::Build {
+            dockerfile,
+            name,
+            cpu,
+            memory,
+            start_cmd,
+            ready_cmd,
+        } => {
+            let text = std::fs::read_to_string(&dockerfile)
+                .with_context(|| format!("reading {}", dockerfile.display()))?;
+            build(&client, &text, &name, cpu, memory, start_cmd, ready_cmd).await?;
+        }
+        TemplateCommand::Delete { template } => {
+            client
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/templates/{template}"),
+                    None,
+                )
+                .await?;
+            println!("deleted {template}");
+        }
         TemplateCommand::List => {
             let templates = client
                 .call(reqwest::Method::GET, "/templates", None)
@@ -188,4 +232,91 @@ pub(crate) async fn template(command: TemplateCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Starts a v1 Dockerfile build and follows it: log lines as they come, a spinner with the
+/// current step, and the failure reason at the end.
+async fn build(
+    client: &Client,
+    dockerfile: &str,
+    name: &str,
+    cpu: Option<u32>,
+    memory: Option<u32>,
+    start_cmd: Option<String>,
+    ready_cmd: Option<String>,
+) -> anyhow::Result<()> {
+    let requested = client
+        .call(
+            reqwest::Method::POST,
+            "/templates",
+            Some(json!({
+                "dockerfile": dockerfile, "alias": name, "cpuCount": cpu, "memoryMB": memory,
+                "startCmd": start_cmd, "readyCmd": ready_cmd,
+            })),
+        )
+        .await?;
+    let template_id = requested["templateID"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let build_id = requested["buildID"].as_str().unwrap_or_default().to_owned();
+    client
+        .call(
+            reqwest::Method::POST,
+            &format!("/templates/{template_id}/builds/{build_id}"),
+            None,
+        )
+        .await?;
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    progress.enable_steady_tick(std::time::Duration::from_millis(120));
+    progress.set_message(format!("building {name} ({template_id}, build {build_id})"));
+    let mut offset = 0;
+    loop {
+        let status = client
+            .call(
+                reqwest::Method::GET,
+                &format!("/templates/{template_id}/builds/{build_id}/status?logsOffset={offset}"),
+                None,
+            )
+            .await?;
+        let entries = status["logEntries"].as_array().cloned().unwrap_or_default();
+        offset += entries.len();
+        for entry in &entries {
+            let step = entry["step"]
+                .as_str()
+                .map(|s| format!("[{s}] "))
+                .unwrap_or_default();
+            progress.println(format!(
+                "{step}{}",
+                entry["message"].as_str().unwrap_or_default()
+            ));
+            if !step.is_empty() {
+                progress.set_message(format!("{name}: step {}", step.trim()));
+            }
+        }
+        match status["status"].as_str() {
+            Some("ready") if entries.is_empty() => {
+                progress.finish_with_message(format!("{name} is ready ({template_id})"));
+                return Ok(());
+            }
+            Some("error") if entries.is_empty() => {
+                progress.abandon_with_message(format!("{name} failed"));
+                let reason = &status["reason"];
+                let step = reason["step"]
+                    .as_str()
+                    .map(|s| format!(" at step {s}"))
+                    .unwrap_or_default();
+                anyhow::bail!(
+                    "build failed{step}: {}",
+                    reason["message"].as_str().unwrap_or("unknown reason")
+                );
+            }
+            _ if !entries.is_empty() => {}
+            _ => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
+        }
+    }
 }

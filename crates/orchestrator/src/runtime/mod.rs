@@ -3,8 +3,13 @@
 //! # Contract
 //! - A sandbox's only channel to the host is envd's Unix socket at [`socket_path`]`(dir)`,
 //!   in a directory the runtime exposes inside the sandbox at `/run/kiln`.
-//! - [`Runtime::snapshot`] boots a root filesystem with envd as init, waits for envd, quiesces
-//!   its socket and captures memory and filesystem; the running instance is gone afterwards.
+//! - [`Runtime::boot`] starts a root filesystem with envd as init and returns once envd answers.
+//!   In [`BootMode::Sealed`] the root filesystem is never written (writes stay in the sandbox's
+//!   memory) and there is no network: only such a sandbox can be checkpointed. In
+//!   [`BootMode::Build`] writes go to the root filesystem itself and the network is the given
+//!   namespace's (template build steps).
+//! - [`Runtime::checkpoint`] quiesces envd's socket and captures a sealed sandbox's memory and
+//!   filesystem; the running instance is gone afterwards. [`Runtime::snapshot`] is both.
 //! - [`Runtime::restore`] starts a new sandbox from such an image and returns once envd
 //!   answers on the sandbox's socket. One image serves any number of sandboxes.
 //! - [`Runtime::destroy`] is idempotent and leaves no process behind.
@@ -12,6 +17,7 @@
 //!   state directory, so [`Runtime::list`] shows exactly what Kiln started.
 
 pub mod gvisor;
+pub mod network;
 
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
@@ -42,10 +48,43 @@ pub enum RuntimeError {
     },
 }
 
+/// How a booted sandbox treats its root filesystem and network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BootMode {
+    /// Root filesystem unmodified (writes kept in sandbox memory), no network; can be
+    /// checkpointed.
+    Sealed,
+    /// A template build step: writes land in the root filesystem; `network` is a network
+    /// namespace to use (none: no network). Cannot be checkpointed.
+    Build { network: Option<NetworkNamespace> },
+}
+
+/// A network namespace a build sandbox joins ([`network::BuildNetwork`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkNamespace {
+    /// `/run/netns/<name>`.
+    pub path: PathBuf,
+    /// Mounted at the sandbox's `/etc/resolv.conf`.
+    pub resolv_conf: PathBuf,
+}
+
 /// What isolates sandboxes: gVisor today, a microVM later.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
-    /// Boots `rootfs` as sandbox `id` (working files in `dir`), then checkpoints it to `image`.
+    /// Boots `rootfs` as sandbox `id` (working files in `dir`); returns once envd answers.
+    async fn boot(
+        &self,
+        id: &str,
+        rootfs: &Path,
+        dir: &Path,
+        limits: Limits,
+        mode: BootMode,
+    ) -> Result<(), RuntimeError>;
+
+    /// Checkpoints sealed sandbox `id` (files in `dir`) to `image`; it stops running.
+    async fn checkpoint(&self, id: &str, dir: &Path, image: &Path) -> Result<(), RuntimeError>;
+
+    /// Boots `rootfs` sealed as sandbox `id`, checkpoints it to `image` and removes it.
     async fn snapshot(
         &self,
         id: &str,
@@ -53,7 +92,15 @@ pub trait Runtime: Send + Sync + 'static {
         dir: &Path,
         image: &Path,
         limits: Limits,
-    ) -> Result<(), RuntimeError>;
+    ) -> Result<(), RuntimeError> {
+        let result = async {
+            self.boot(id, rootfs, dir, limits, BootMode::Sealed).await?;
+            self.checkpoint(id, dir, image).await
+        }
+        .await;
+        let _ = self.destroy(id).await;
+        result
+    }
 
     /// Starts sandbox `id` from `image` (taken of `rootfs`), with its files in `dir`.
     async fn restore(

@@ -8,7 +8,7 @@ mod spec;
 
 pub use runsc::Runsc;
 
-use super::{Limits, Runtime, RuntimeError, channel_dir, socket_path};
+use super::{BootMode, Limits, Runtime, RuntimeError, channel_dir, socket_path};
 use crate::envd::EnvdClient;
 use async_trait::async_trait;
 use std::{
@@ -43,13 +43,14 @@ impl GvisorRuntime {
         rootfs: &Path,
         dir: &Path,
         limits: Limits,
+        mode: &BootMode,
     ) -> Result<std::path::PathBuf, RuntimeError> {
         let bundle = dir.join("bundle");
         let channel = channel_dir(dir);
         let io = |context: String| move |source| RuntimeError::Io { context, source };
         std::fs::create_dir_all(&bundle).map_err(io(format!("creating {}", bundle.display())))?;
         std::fs::create_dir_all(&channel).map_err(io(format!("creating {}", channel.display())))?;
-        let spec = spec::sandbox_spec(id, rootfs, &channel, limits);
+        let spec = spec::sandbox_spec(id, rootfs, &channel, limits, mode);
         let config = bundle.join("config.json");
         std::fs::write(&config, spec.to_string())
             .map_err(io(format!("writing {}", config.display())))?;
@@ -75,49 +76,56 @@ async fn wait_for_envd(id: &str, socket: &Path, limit: Duration) -> Result<(), R
 
 #[async_trait]
 impl Runtime for GvisorRuntime {
-    async fn snapshot(
+    async fn boot(
         &self,
         id: &str,
         rootfs: &Path,
         dir: &Path,
-        image: &Path,
         limits: Limits,
+        mode: BootMode,
     ) -> Result<(), RuntimeError> {
-        let bundle = self.write_bundle(id, rootfs, dir, limits)?;
+        let bundle = self.write_bundle(id, rootfs, dir, limits, &mode)?;
         let result = async {
             self.runsc
-                .run(
+                .run_as(
+                    &mode,
                     "create",
                     id,
                     &[OsStr::new("--bundle"), bundle.as_os_str(), OsStr::new(id)],
                 )
                 .await?;
-            self.runsc.run("start", id, &[OsStr::new(id)]).await?;
-            let socket = socket_path(dir);
-            wait_for_envd(id, &socket, BOOT_TIMEOUT).await?;
-            EnvdClient::new(&socket)
-                .quiesce()
-                .await
-                .map_err(|e| RuntimeError::Command {
-                    operation: "quiesce",
-                    id: id.to_owned(),
-                    detail: e.to_string(),
-                })?;
             self.runsc
-                .run(
-                    "checkpoint",
-                    id,
-                    &[
-                        OsStr::new("--image-path"),
-                        image.as_os_str(),
-                        OsStr::new(id),
-                    ],
-                )
-                .await
+                .run_as(&mode, "start", id, &[OsStr::new(id)])
+                .await?;
+            wait_for_envd(id, &socket_path(dir), BOOT_TIMEOUT).await
         }
         .await;
-        let _ = self.destroy(id).await;
+        if result.is_err() {
+            let _ = self.destroy(id).await;
+        }
         result
+    }
+
+    async fn checkpoint(&self, id: &str, dir: &Path, image: &Path) -> Result<(), RuntimeError> {
+        EnvdClient::new(&socket_path(dir))
+            .quiesce()
+            .await
+            .map_err(|e| RuntimeError::Command {
+                operation: "quiesce",
+                id: id.to_owned(),
+                detail: e.to_string(),
+            })?;
+        self.runsc
+            .run(
+                "checkpoint",
+                id,
+                &[
+                    OsStr::new("--image-path"),
+                    image.as_os_str(),
+                    OsStr::new(id),
+                ],
+            )
+            .await
     }
 
     async fn restore(
@@ -128,7 +136,7 @@ impl Runtime for GvisorRuntime {
         dir: &Path,
         limits: Limits,
     ) -> Result<(), RuntimeError> {
-        let bundle = self.write_bundle(id, rootfs, dir, limits)?;
+        let bundle = self.write_bundle(id, rootfs, dir, limits, &BootMode::Sealed)?;
         // envd quiesced its socket before the checkpoint; this file tells it to listen again.
         let resume = channel_dir(dir).join(envd_proto::host::RESUME_FILE);
         std::fs::write(&resume, b"").map_err(|source| RuntimeError::Io {

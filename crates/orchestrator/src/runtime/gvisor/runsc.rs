@@ -1,6 +1,6 @@
 //! Invoking `runsc` with Kiln's flags.
 
-use super::super::RuntimeError;
+use super::super::{BootMode, RuntimeError};
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
@@ -8,9 +8,11 @@ use std::{
 use tokio::process::Command;
 
 /// The runsc binary and the flags every call shares: Kiln's own state root, the ptrace platform
-/// (no KVM needed), no network (the host channel is the only way in), host Unix sockets that the
-/// sandbox may create (envd's listener), and the root filesystem overlaid in sandbox memory so
-/// one template rootfs backs every sandbox unmodified.
+/// (no KVM needed) and host Unix sockets that the sandbox may create (envd's listener). The rest
+/// depends on the [`BootMode`]: sealed sandboxes have no network (the host channel is the only
+/// way in) and their root filesystem overlaid in sandbox memory, so one template rootfs backs
+/// every sandbox unmodified; build sandboxes write to their root filesystem and use the host
+/// network stack of the namespace in their spec.
 #[derive(Clone, Debug)]
 pub struct Runsc {
     pub binary: PathBuf,
@@ -19,26 +21,40 @@ pub struct Runsc {
 }
 
 impl Runsc {
-    fn command(&self) -> Command {
+    fn command(&self, mode: &BootMode) -> Command {
         let mut command = Command::new(&self.binary);
         command
             .arg("--root")
             .arg(&self.root)
-            .args([
-                "--platform=ptrace",
-                "--network=none",
-                "--host-uds=create",
-                "--overlay2=root:memory",
-            ])
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+            .args(["--platform=ptrace", "--host-uds=create"]);
+        match mode {
+            BootMode::Sealed => command.args(["--network=none", "--overlay2=root:memory"]),
+            BootMode::Build { network: Some(_) } => {
+                command.args(["--network=host", "--overlay2=none"])
+            }
+            BootMode::Build { network: None } => {
+                command.args(["--network=none", "--overlay2=none"])
+            }
+        };
+        command.stdin(Stdio::null()).kill_on_drop(true);
         command
     }
 
-    /// Runs `runsc <subcommand> <args>` for container `id`; output goes to its log, and the
-    /// log's last error line into the returned error.
+    /// Runs `runsc <subcommand> <args>` for container `id` (sealed); output goes to its log, and
+    /// the log's last error line into the returned error.
     pub(super) async fn run(
         &self,
+        subcommand: &'static str,
+        id: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> Result<(), RuntimeError> {
+        self.run_as(&BootMode::Sealed, subcommand, id, args).await
+    }
+
+    /// [`Runsc::run`] with the flags of `mode`.
+    pub(super) async fn run_as(
+        &self,
+        mode: &BootMode,
         subcommand: &'static str,
         id: &str,
         args: &[&std::ffi::OsStr],
@@ -57,7 +73,7 @@ impl Runsc {
             source,
         })?;
         let status = self
-            .command()
+            .command(mode)
             .arg(subcommand)
             .args(args)
             .stdout(log)
@@ -81,7 +97,7 @@ impl Runsc {
     /// Ids of every container under the state root.
     pub(super) async fn list(&self) -> Result<Vec<String>, RuntimeError> {
         let output = self
-            .command()
+            .command(&BootMode::Sealed)
             .args(["list", "--quiet"])
             .output()
             .await

@@ -1,6 +1,6 @@
 //! The OCI runtime spec (`config.json`) of a Kiln sandbox under runsc.
 
-use super::super::{Limits, SANDBOX_SOCKET};
+use super::super::{BootMode, Limits, SANDBOX_SOCKET};
 use serde_json::{Value, json};
 use std::path::Path;
 
@@ -33,10 +33,18 @@ pub(super) fn cgroup_path(id: &str) -> String {
     format!("/kiln/{id}")
 }
 
-/// envd as init, the template's root filesystem (kept unmodified: runsc's root overlay holds the
-/// sandbox's writes in its memory), the host channel directory at `/run/kiln`, and cgroup limits.
-pub(super) fn sandbox_spec(id: &str, rootfs: &Path, channel: &Path, limits: Limits) -> Value {
-    json!({
+/// envd as init, the template's root filesystem (kept unmodified when sealed: runsc's root
+/// overlay holds the sandbox's writes in its memory), the host channel directory at `/run/kiln`,
+/// and cgroup limits. A build sandbox keeps `/tmp` on the root filesystem (a step's files there
+/// belong to the template, as in a Docker build) and may join a network namespace.
+pub(super) fn sandbox_spec(
+    id: &str,
+    rootfs: &Path,
+    channel: &Path,
+    limits: Limits,
+    mode: &BootMode,
+) -> Value {
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "user": {"uid": 0, "gid": 0},
@@ -72,13 +80,32 @@ pub(super) fn sandbox_spec(id: &str, rootfs: &Path, channel: &Path, limits: Limi
                 "memory": {"limit": limits.memory_mb.max(64) * 1024 * 1024},
             },
         },
-    })
+    });
+    if let BootMode::Build { network } = mode {
+        if let Some(mounts) = spec["mounts"].as_array_mut() {
+            mounts.retain(|m| m["destination"] != "/tmp");
+            if let Some(network) = network {
+                mounts.push(json!({"destination": "/etc/resolv.conf", "type": "bind",
+                    "source": network.resolv_conf, "options": ["bind", "ro"]}));
+            }
+        }
+        if let (Some(network), Some(namespaces)) =
+            (network, spec["linux"]["namespaces"].as_array_mut())
+        {
+            for namespace in namespaces.iter_mut() {
+                if namespace["type"] == "network" {
+                    namespace["path"] = json!(network.path);
+                }
+            }
+        }
+    }
+    spec
 }
 
 #[cfg(test)]
 mod tests {
     use super::sandbox_spec;
-    use crate::runtime::Limits;
+    use crate::runtime::{BootMode, Limits};
     use std::path::Path;
 
     #[test]
@@ -91,6 +118,7 @@ mod tests {
                 cpu_count: 2,
                 memory_mb: 512,
             },
+            &BootMode::Sealed,
         );
         assert_eq!(spec["root"]["path"], "/t/rootfs");
         assert_eq!(spec["linux"]["cgroupsPath"], "/kiln/abc");
@@ -111,5 +139,37 @@ mod tests {
             .as_array()
             .unwrap();
         assert!(caps.iter().any(|c| c == "CAP_SETUID") && caps.iter().any(|c| c == "CAP_SETGID"));
+        let tmp = |spec: &serde_json::Value| {
+            spec["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["destination"] == "/tmp")
+        };
+        assert!(tmp(&spec), "a sealed sandbox's /tmp is a tmpfs");
+
+        let build = sandbox_spec(
+            "abc",
+            Path::new("/t/rootfs"),
+            Path::new("/s/channel"),
+            Limits {
+                cpu_count: 1,
+                memory_mb: 256,
+            },
+            &BootMode::Build {
+                network: Some(crate::runtime::NetworkNamespace {
+                    path: "/run/netns/b1".into(),
+                    resolv_conf: "/b/resolv.conf".into(),
+                }),
+            },
+        );
+        assert!(!tmp(&build), "a build step's /tmp belongs to the template");
+        let network = build["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["type"] == "network")
+            .unwrap();
+        assert_eq!(network["path"], "/run/netns/b1");
     }
 }

@@ -1,4 +1,9 @@
-//! Metadata in SQLite: teams and their API keys and access tokens (hashed).
+//! Metadata in SQLite: teams and their API keys and access tokens (hashed); templates and
+//! their builds ([`templates`]).
+
+mod templates;
+
+pub use templates::{BuildRecord, BuildStatus, TemplateRecord};
 
 use sha2::{Digest, Sha256};
 use sqlx::{
