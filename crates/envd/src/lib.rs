@@ -55,8 +55,6 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot serve sudo on {}: {source}", sudo::SOCKET)]
-    Sudo { source: std::io::Error },
     #[error("cannot listen on socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -73,9 +71,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let envd = Envd::new();
     let app = router(envd);
 
-    if config.sudo {
-        sudo::server::start(std::path::Path::new(sudo::SOCKET))
-            .map_err(|source| ServeError::Sudo { source })?;
+    // Without sudo a sandbox still works; envd does not give up on it.
+    if config.sudo
+        && let Err(error) = sudo::server::start(std::path::Path::new(sudo::SOCKET))
+    {
+        tracing::error!(%error, socket = sudo::SOCKET, "cannot serve sudo");
     }
     let mut tasks = Vec::new();
     if let (Some(socket), Some(path)) = (&host_socket, &config.socket) {

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 from conftest import api
-from e2b import BuildException, Sandbox, Template, wait_for_url
+from e2b import BuildException, Sandbox, Template
 from oci_registry import Registry, tiny_image_layers
 
 
@@ -54,9 +54,9 @@ def test_image_with_steps_and_a_service(kiln, registry, context):
         .copy("app.txt", "/app/", mode=0o640)
         .run_cmd("echo built-as-$(whoami) > /srv/built.txt && mkdir -p /srv/www && cp /srv/built.txt /srv/www/", user="root")
         .set_workdir("/app")
-        .run_cmd("touch made-in-workdir")
+        .run_cmd("touch made-in-workdir", user="root")
         .set_user("user")
-        .set_start_cmd("busybox httpd -f -p 8080 -h /srv/www", wait_for_url("http://127.0.0.1:8080/index.html"))
+        .set_start_cmd("busybox httpd -f -p 8080 -h /srv/www", "wget -q -O /dev/null http://127.0.0.1:8080/index.html")
     )
     started = time.time()
     logs = build(template, "tiny-app")
@@ -216,3 +216,19 @@ def test_unsupported_step_is_refused(kiln):
         {"fromImage": "x", "steps": [{"type": "RUN", "args": ["true"]}, {"type": "VOLUME", "args": ["/x"]}]},
     )
     assert status == 400 and "step 2 (VOLUME): unsupported instruction" in body["message"], body
+
+
+def test_run_steps_have_the_network(kiln):
+    """Build steps reach the host's network through the build's namespace and NAT (here: the
+    Debian mirror, which the machines can reach); the template's sandboxes have none."""
+    template = Template().from_template("base").run_cmd(
+        "curl -sS -m 30 http://deb.debian.org/debian/dists/bookworm/Release | head -c 7 > /home/user/origin"
+    )
+    build(template, "with-network")
+    sandbox = Sandbox.create("with-network", timeout=60)
+    try:
+        assert sandbox.commands.run("cat /home/user/origin").stdout == "Origin:"
+        offline = sandbox.commands.run("curl -sS -m 3 http://deb.debian.org/ || echo offline")
+        assert offline.stdout.strip().endswith("offline")
+    finally:
+        sandbox.kill()

@@ -2,7 +2,9 @@
 //!
 //! v1 uploads no build context, so `COPY`/`ADD` cannot work there; they and every instruction
 //! Kiln does not run are refused with their line number. `CMD`/`ENTRYPOINT` become the start
-//! command when the request gives none.
+//! command when the request gives none. As the SDK's own Dockerfile parser does, steps run as
+//! root in `/` (Docker's defaults), and the template ends with E2B's defaults (user `user`,
+//! `/home/user`) unless the Dockerfile sets `USER`/`WORKDIR`.
 
 use super::steps::{BuildRequest, Step, is_variable_name};
 
@@ -19,7 +21,19 @@ const IGNORED: &[&str] = &["EXPOSE", "LABEL", "MAINTAINER", "STOPSIGNAL"];
 
 /// Parses `text` into a build request whose start command is the Dockerfile's `CMD`/`ENTRYPOINT`.
 pub fn parse(text: &str) -> Result<BuildRequest, DockerfileError> {
-    let mut request = BuildRequest::default();
+    let step = |kind: &str, args: Vec<String>| Step {
+        kind: kind.into(),
+        args,
+        ..Step::default()
+    };
+    let mut request = BuildRequest {
+        steps: vec![
+            step("USER", vec!["root".into()]),
+            step("WORKDIR", vec!["/".into()]),
+        ],
+        ..BuildRequest::default()
+    };
+    let (mut user_set, mut workdir_set) = (false, false);
     let (mut entrypoint, mut cmd) = (None::<String>, None::<String>);
     for (line, instruction) in logical_lines(text) {
         let fail = |message: String| DockerfileError { line, message };
@@ -30,11 +44,6 @@ pub fn parse(text: &str) -> Result<BuildRequest, DockerfileError> {
         if keyword != "FROM" && request.from_image.is_none() {
             return Err(fail(format!("{keyword} before FROM")));
         }
-        let step = |kind: &str, args: Vec<String>| Step {
-            kind: kind.into(),
-            args,
-            ..Step::default()
-        };
         match keyword.as_str() {
             "FROM" => {
                 if request.from_image.is_some() {
@@ -53,8 +62,14 @@ pub fn parse(text: &str) -> Result<BuildRequest, DockerfileError> {
             "ARG" => request
                 .steps
                 .push(step("ARG", assignments(&rest, false).map_err(fail)?)),
-            "WORKDIR" => request.steps.push(step("WORKDIR", vec![rest])),
-            "USER" => request.steps.push(step("USER", vec![rest])),
+            "WORKDIR" => {
+                workdir_set = true;
+                request.steps.push(step("WORKDIR", vec![rest]));
+            }
+            "USER" => {
+                user_set = true;
+                request.steps.push(step("USER", vec![rest]));
+            }
             "CMD" => cmd = Some(shell_form(&rest)),
             "ENTRYPOINT" => entrypoint = Some(shell_form(&rest)),
             "COPY" | "ADD" => {
@@ -71,6 +86,14 @@ pub fn parse(text: &str) -> Result<BuildRequest, DockerfileError> {
             line: 1,
             message: "no FROM instruction".into(),
         });
+    }
+    if !user_set {
+        request.steps.push(step("USER", vec!["user".into()]));
+    }
+    if !workdir_set {
+        request
+            .steps
+            .push(step("WORKDIR", vec!["/home/user".into()]));
     }
     request.start_cmd = match (entrypoint, cmd) {
         (Some(entrypoint), Some(cmd)) => Some(format!("{entrypoint} {cmd}")),
@@ -221,10 +244,32 @@ mod tests {
         .unwrap();
         assert_eq!(request.from_image.as_deref(), Some("127.0.0.1:5000/base:1"));
         let kinds: Vec<_> = request.steps.iter().map(|s| s.kind.as_str()).collect();
-        assert_eq!(kinds, ["ENV", "ENV", "ARG", "RUN", "WORKDIR", "USER"]);
-        assert_eq!(request.steps[0].args, ["A", "1", "B", "two words"]);
-        assert_eq!(request.steps[1].args, ["LEGACY", "some value"]);
-        assert_eq!(request.steps[3].args, ["apt-get update &&  echo done"]);
+        assert_eq!(
+            kinds,
+            [
+                "USER", "WORKDIR", "ENV", "ENV", "ARG", "RUN", "WORKDIR", "USER"
+            ]
+        );
+        assert_eq!(request.steps[2].args, ["A", "1", "B", "two words"]);
+        assert_eq!(request.steps[3].args, ["LEGACY", "some value"]);
+        assert_eq!(request.steps[5].args, ["apt-get update &&  echo done"]);
+        let plain = parse("FROM a\nRUN id\n").unwrap();
+        let tail: Vec<_> = plain
+            .steps
+            .iter()
+            .map(|s| (s.kind.as_str(), s.args[0].as_str()))
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                ("USER", "root"),
+                ("WORKDIR", "/"),
+                ("RUN", "id"),
+                ("USER", "user"),
+                ("WORKDIR", "/home/user")
+            ],
+            "Docker's defaults while building, E2B's for the template"
+        );
         assert_eq!(request.start_cmd.as_deref(), Some("python3 -m http.server"));
     }
 

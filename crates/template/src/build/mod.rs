@@ -44,7 +44,7 @@ pub const FINALIZE_STEP: &str = "finalize";
 /// The default user of a built template, as in E2B.
 const DEFAULT_USER: &str = "user";
 /// Bump when what the guest layer installs changes.
-const GUEST_RECIPE: &str = "guest/1";
+const GUEST_RECIPE: &str = "guest/2";
 /// Longest a `RUN` step may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long the ready command may keep failing, and how often it is tried.
@@ -99,10 +99,18 @@ pub struct BuildError {
 }
 
 impl BuildError {
+    /// A failure in phase `step`; a numbered step is named in the message too, since the SDK
+    /// shows only the message.
     fn at(step: &str, message: impl std::fmt::Display) -> Self {
+        let message = message.to_string();
+        let numbered = step.parse::<usize>().is_ok() && !message.starts_with("step ");
         BuildError {
             step: Some(step.to_owned()),
-            message: message.to_string(),
+            message: if numbered {
+                format!("step {step}: {message}")
+            } else {
+                message
+            },
         }
     }
 }

@@ -84,6 +84,11 @@ pub(super) fn sandbox_spec(
     if let BootMode::Build { network } = mode {
         if let Some(mounts) = spec["mounts"].as_array_mut() {
             mounts.retain(|m| m["destination"] != "/tmp");
+            // envd's own sockets must not end up in the template's files.
+            mounts.push(
+                json!({"destination": "/run/envd", "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=755"]}),
+            );
             if let Some(network) = network {
                 mounts.push(json!({"destination": "/etc/resolv.conf", "type": "bind",
                     "source": network.resolv_conf, "options": ["bind", "ro"]}));
