@@ -25,9 +25,24 @@ enum Command {
     /// Sandboxes: create, list, exec, kill.
     #[command(subcommand)]
     Sandbox(cli::SandboxCommand),
-    /// Templates.
+    /// Templates: list, build, delete.
     #[command(subcommand)]
     Template(cli::TemplateCommand),
+    /// Images in the local image store (`ARTIFACTS_REGISTRY_PROVIDER=Local`).
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import an OCI image layout (a directory, or a tar of one, or a `docker save` tar) into
+    /// `$KILN_HOME/images`, so a machine without internet access can build from it.
+    Import {
+        path: std::path::PathBuf,
+        /// The name to give it (`name:tag`); default: the names recorded in the image.
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,6 +66,18 @@ fn main() -> ExitCode {
             Command::Up(up) => up::run(up).await,
             Command::Sandbox(command) => cli::sandbox(command).await,
             Command::Template(command) => cli::template(command).await,
+            Command::Image(ImageCommand::Import { path, name }) => {
+                let home = std::path::PathBuf::from(
+                    std::env::var("KILN_HOME").unwrap_or_else(|_| "/var/lib/kiln".into()),
+                );
+                registry::import(&path, &home.join("images"), name.as_deref())
+                    .map(|names| {
+                        for name in names {
+                            println!("imported {name}");
+                        }
+                    })
+                    .map_err(anyhow::Error::from)
+            }
         }
     });
     match result {

@@ -58,6 +58,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         tracing::warn!(removed, "removed sandboxes left over from a previous run");
     }
     orchestrator::runtime::network::remove_leftovers().await;
+    template::build::remove_leftovers(&home.join("cache/build"));
     let templates =
         TemplateStore::open(&home.join("templates")).context("opening the template store")?;
     ensure_base(&templates, &orchestrator, &config).await?;

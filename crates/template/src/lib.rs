@@ -89,8 +89,23 @@ pub struct TemplateStore {
 const METADATA: &str = "template.json";
 
 impl TemplateStore {
+    /// Opens the store, removing builds and deletions a crash interrupted (`*.building`,
+    /// `*.deleting`, `*.old`).
     pub fn open(dir: &Path) -> Result<Self, TemplateError> {
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if [".building", ".deleting"].iter().any(|s| name.ends_with(s)) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            } else if let Some(id) = name.strip_suffix(".old") {
+                // A crash in the middle of `commit`: the previous build is still the template.
+                if dir.join(id).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                } else {
+                    let _ = std::fs::rename(entry.path(), dir.join(id));
+                }
+            }
+        }
         Ok(TemplateStore {
             dir: dir.to_owned(),
         })

@@ -168,3 +168,38 @@ def tiny_image_layers():
     top.dir("data")
     top.file("data/hello.txt", "hello from the image\n")
     return [base.bytes(), top.bytes()]
+
+
+def write_layout(directory, layers, env=None):
+    """An OCI image layout of `layers` (tar bytes, bottom first) in `directory`."""
+    directory = Path(directory)
+    blobs = directory / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+
+    def blob(data):
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return f"sha256:{digest}", len(data)
+
+    descriptors, diff_ids = [], []
+    for layer in layers:
+        compressed = gzip.compress(layer, mtime=0)
+        diff_ids.append("sha256:" + hashlib.sha256(layer).hexdigest())
+        digest, size = blob(compressed)
+        descriptors.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size})
+    config_digest, config_size = blob(json.dumps({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": env or ["PATH=/usr/bin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }).encode())
+    manifest_digest, manifest_size = blob(json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": descriptors,
+    }).encode())
+    (directory / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (directory / "index.json").write_text(json.dumps({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest_size}],
+    }))

@@ -10,7 +10,10 @@ import urllib.request
 import pytest
 from conftest import api
 from e2b import BuildException, Sandbox, Template
-from oci_registry import Registry, tiny_image_layers
+import subprocess
+
+from kiln_server import HOME, KILN
+from oci_registry import Registry, tiny_image_layers, write_layout
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +235,24 @@ def test_run_steps_have_the_network(kiln):
         assert offline.stdout.strip().endswith("offline")
     finally:
         sandbox.kill()
+
+
+def test_local_image_store_import(kiln, tmp_path):
+    """`kiln image import` seeds the local store (the default provider) for machines without
+    internet; a short name then builds from it."""
+    write_layout(tmp_path / "layout", tiny_image_layers())
+    imported = subprocess.run(
+        [str(KILN), "image", "import", str(tmp_path / "layout"), "--name", "tiny-local:7"],
+        env={"KILN_HOME": str(HOME), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert "tiny-local:7" in imported.stdout
+    build(Template().from_image("tiny-local:7").run_cmd("echo local > /home/user/from.txt"), "from-local-store")
+    sandbox = Sandbox.create("from-local-store", timeout=60)
+    try:
+        assert sandbox.commands.run("cat ~/from.txt").stdout == "local\n"
+    finally:
+        sandbox.kill()
+    with pytest.raises(BuildException) as raised:
+        build(Template().from_image("not-imported:1"), "not-in-store")
+    assert "local image store" in str(raised.value) or "not found" in str(raised.value), raised.value

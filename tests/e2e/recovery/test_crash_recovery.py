@@ -38,3 +38,43 @@ def test_restart_after_crash_cleans_up():
         assert second.stop() == 0
     time.sleep(0.5)
     assert runsc_processes() == []
+
+
+def test_a_crash_during_a_build_fails_it_cleanly():
+    """A build running when Kiln dies is failed with a reason on the next start (never stuck in
+    "building"), and its build sandbox, overlay mounts and network are removed."""
+    import json
+    import urllib.request
+
+    def call(method, path, body=None):
+        request = urllib.request.Request(f"{os.environ['E2B_API_URL']}{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None)
+        request.add_header("X-API-Key", os.environ["E2B_API_KEY"])
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            text = response.read().decode()
+            return json.loads(text) if text else None
+
+    first = KilnServer(team_limit=5)
+    requested = call("POST", "/v3/templates", {"name": "crash-during-build"})
+    template_id, build_id = requested["templateID"], requested["buildID"]
+    call("POST", f"/v2/templates/{template_id}/builds/{build_id}",
+         {"fromTemplate": "base", "steps": [{"type": "RUN", "args": ["sleep 600", "root"]}]})
+    deadline = time.time() + 120
+    while not any("build-" in p for p in runsc_processes()):
+        assert time.time() < deadline, "the build sandbox never started"
+        time.sleep(0.2)
+    first.proc.kill()
+    first.proc.wait(30)
+    first.log.close()
+
+    second = KilnServer(team_limit=5)
+    try:
+        status = call("GET", f"/templates/{template_id}/builds/{build_id}/status")
+        assert status["status"] == "error", status
+        assert "restarted" in status["reason"]["message"], status
+        assert not any("build-" in p for p in runsc_processes()), "the build sandbox is gone"
+        assert [m for m in open("/proc/mounts") if str(HOME / "cache") in m] == [], "no build mount is left"
+        assert not [n for n in os.listdir("/run/netns") if n.startswith("kiln-")] if os.path.isdir("/run/netns") else True
+    finally:
+        assert second.stop() == 0

@@ -128,6 +128,33 @@ pub struct Builder {
     pub work: PathBuf,
 }
 
+/// Removes what builds interrupted by a crash left under `work`: their overlay mounts, scratch
+/// directories and half-made layers. Call before any build starts.
+pub fn remove_leftovers(work: &Path) {
+    let prefix = work.to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut leftovers: Vec<&str> = mounts
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .filter(|target| target.starts_with(&prefix))
+        .collect();
+    // Deepest first, so nested mounts come off before their parents.
+    leftovers.sort_by_key(|target| std::cmp::Reverse(target.len()));
+    for target in leftovers {
+        if let Err(error) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(%error, target, "unmounting a leftover build mount");
+        }
+    }
+    let _ = std::fs::remove_dir_all(work.join("scratch"));
+    if let Ok(entries) = std::fs::read_dir(work.join("layers")) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".partial") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
 /// Where uploaded build-context archives live.
 pub fn context_archive(files: &Path, hash: &str) -> Option<PathBuf> {
     steps::is_hash(hash).then(|| files.join(format!("{}.tar", hash.to_ascii_lowercase())))
