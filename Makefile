@@ -19,7 +19,7 @@ HOST_PACKAGES := runsc debootstrap util-linux procps python3-venv iproute2 nftab
 TEST_PACKAGES := docker-registry busybox-static bash-static
 KILN_HOME ?= /var/lib/kiln
 
-.PHONY: help up test lint unit sdk-python sdk-js e2e-python e2e-js build envd-static host-packages test-packages install-packages deps bench bench-envd bench-kiln fuzz clean
+.PHONY: help up test lint unit sdk-python sdk-js e2e-python e2e-js build envd-static host-packages test-packages install-packages deps bench bench-envd bench-kiln bench-templates fuzz clean
 
 help:
 	@echo "make up     install host packages, build, prepare the base template, start Kiln"
@@ -87,10 +87,13 @@ e2e-python: host-packages test-packages build deps
 e2e-js: host-packages build deps
 	cd $(JS_DIR) && KILN_ENVD=../../../$(STATIC_ENVD) node --test --test-concurrency=1 --test-reporter=spec kiln.test.mjs
 
-bench: bench-envd bench-kiln
+bench: bench-envd bench-kiln bench-templates
 
 bench-envd: build deps
 	$(PYTHON) bench/envd_commands.py
+
+bench-templates: host-packages test-packages build deps
+	KILN_ENVD=$(STATIC_ENVD) $(PYTHON) bench/templates.py
 
 bench-kiln: host-packages build deps
 	KILN_ENVD=$(STATIC_ENVD) $(PYTHON) bench/kiln_sandboxes.py
