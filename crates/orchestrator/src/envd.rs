@@ -86,14 +86,22 @@ impl EnvdClient {
         self
     }
 
-    async fn call(&self, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), EnvdError> {
+    /// Sends `request` on a new connection; the response body streams.
+    async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, EnvdError> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(EnvdError::Connect)?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        let response = sender.send_request(request).await?;
+        Ok(sender.send_request(request).await?)
+    }
+
+    async fn call(&self, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), EnvdError> {
+        let response = self.send(request).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         Ok((status, body))
@@ -170,14 +178,7 @@ impl EnvdClient {
     /// Starts a command and returns its pid once envd reports it started; the command keeps
     /// running after this returns (envd's processes outlive their clients).
     pub async fn spawn(&self, exec: &ExecRequest) -> Result<u32, EnvdError> {
-        let request = self.start_request(exec, None);
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(EnvdError::Connect)?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        let response = sender.send_request(request).await?;
+        let response = self.send(self.start_request(exec, None)).await?;
         let status = response.status();
         let mut body = response.into_body();
         if status != StatusCode::OK {

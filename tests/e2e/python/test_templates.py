@@ -2,6 +2,7 @@
 Dockerfile API, from images in a real registry on loopback."""
 
 import io
+import os
 import tarfile
 import time
 import urllib.error
@@ -256,3 +257,44 @@ def test_local_image_store_import(kiln, tmp_path):
     with pytest.raises(BuildException) as raised:
         build(Template().from_image("not-imported:1"), "not-in-store")
     assert "local image store" in str(raised.value) or "not found" in str(raised.value), raised.value
+
+
+def test_tags_name_builds(kiln, registry):
+    build(Template().from_image(f"{registry.host}/kiln-test/tiny:1").run_cmd("echo tagged > /home/user/t"), "tagged:v1")
+    template_id = api("GET", "/templates/aliases/tagged")[1]["templateID"]
+    tags = {t["tag"] for t in api("GET", f"/templates/{template_id}/tags")[1]}
+    assert {"v1", "default"} <= tags, tags
+    status, assigned, _ = api("POST", "/templates/tags", {"target": "tagged:v1", "tags": ["stable"]})
+    assert status == 201 and assigned["tags"] == ["stable"], assigned
+    sandbox = Sandbox.create("tagged:stable", timeout=60)
+    try:
+        assert sandbox.commands.run("cat ~/t").stdout == "tagged\n"
+    finally:
+        sandbox.kill()
+    assert api("DELETE", "/templates/tags", {"name": "tagged", "tags": ["stable"]})[0] == 204
+    details = api("GET", f"/templates/{template_id}")[1]
+    assert details["buildStatus"] == "ready" and details["builds"][0]["status"] == "ready", details
+
+
+def test_cli_builds_lists_and_deletes(kiln, registry, tmp_path):
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(f"FROM {registry.host}/kiln-test/tiny:1\nRUN echo cli > /opt/cli.txt\nCMD [\"busybox\", \"httpd\", \"-f\", \"-p\", \"9000\", \"-h\", \"/opt\"]\n")
+    env = {**os.environ, "KILN_HOME": str(HOME)}
+    built = subprocess.run([str(KILN), "template", "build", "-f", str(dockerfile), "--name", "cli-built", "--cpu", "1", "--memory", "256",
+                            "--ready-cmd", "wget -q -O /dev/null http://127.0.0.1:9000/cli.txt"],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr
+    assert "RUN echo cli" in built.stdout, built.stdout
+    listed = subprocess.run([str(KILN), "template", "list"], env=env, capture_output=True, text=True)
+    assert "cli-built" in listed.stdout
+    sandbox = Sandbox.create("cli-built", timeout=60)
+    try:
+        assert sandbox.commands.run("cat /opt/cli.txt; whoami; pwd").stdout == "cli\nuser\n/home/user\n"
+        assert api("DELETE", "/templates/cli-built")[0] == 409, "a template with running sandboxes stays"
+    finally:
+        sandbox.kill()
+    deleted = subprocess.run([str(KILN), "template", "delete", "cli-built"], env=env, capture_output=True, text=True)
+    assert deleted.returncode == 0, deleted.stderr
+    assert api("GET", "/templates/aliases/cli-built")[0] == 404
+    failed = subprocess.run([str(KILN), "template", "build", "-f", "/dev/null", "--name", "cli-empty"], env=env, capture_output=True, text=True)
+    assert failed.returncode != 0 and "FROM" in failed.stderr

@@ -274,6 +274,14 @@ async fn build(
     );
     progress.enable_steady_tick(std::time::Duration::from_millis(120));
     progress.set_message(format!("building {name} ({template_id}, build {build_id})"));
+    // A hidden bar (output is not a terminal) prints nothing: the log goes to stdout then.
+    let say = |line: String| {
+        if progress.is_hidden() {
+            println!("{line}");
+        } else {
+            progress.println(line);
+        }
+    };
     let mut offset = 0;
     loop {
         let status = client
@@ -290,7 +298,7 @@ async fn build(
                 .as_str()
                 .map(|s| format!("[{s}] "))
                 .unwrap_or_default();
-            progress.println(format!(
+            say(format!(
                 "{step}{}",
                 entry["message"].as_str().unwrap_or_default()
             ));

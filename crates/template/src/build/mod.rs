@@ -239,9 +239,8 @@ impl Run<'_> {
                 step.kind.to_ascii_uppercase(),
                 step.args.join(" ")
             );
-            if !forced && let Some(state) = self.cache.get(&layer_key) {
+            if self.reuse(forced, &layer_key) {
                 self.info(&number, &format!("CACHED {summary}"));
-                self.push(layer_key, state);
                 continue;
             }
             self.info(&number, &summary);
@@ -253,6 +252,17 @@ impl Run<'_> {
 
     fn top(&self) -> &str {
         self.layers.last().map_or("", String::as_str)
+    }
+
+    /// Takes the cached layer `layer_key` (and its state) unless the build is forced.
+    fn reuse(&mut self, forced: bool, layer_key: &str) -> bool {
+        match self.cache.get(layer_key).filter(|_| !forced) {
+            Some(state) => {
+                self.push(layer_key.to_owned(), state);
+                true
+            }
+            None => false,
+        }
     }
 
     fn push(&mut self, layer_key: String, state: State) {
@@ -304,12 +314,11 @@ impl Run<'_> {
                         .collect(),
                     args: BTreeMap::new(),
                 };
-                if !forced && let Some(state) = self.cache.get(&layer_key) {
+                if self.reuse(forced, &layer_key) {
                     self.info(
                         BASE_STEP,
                         &format!("CACHED image {}", pulled.manifest_digest),
                     );
-                    self.push(layer_key, state);
                     return Ok(());
                 }
                 let partial = self
@@ -358,8 +367,7 @@ impl Run<'_> {
                     env: template.env_vars.clone(),
                     args: BTreeMap::new(),
                 };
-                if !forced && let Some(state) = self.cache.get(&layer_key) {
-                    self.push(layer_key, state);
+                if self.reuse(forced, &layer_key) {
                     return Ok(());
                 }
                 let partial = self
@@ -389,8 +397,7 @@ impl Run<'_> {
         let envd = &self.builder.envd;
         let digest = guest::envd_digest(envd).map_err(|e| fail(e.to_string()))?;
         let layer_key = key(&[self.top(), GUEST_RECIPE, &digest]);
-        if !forced && let Some(state) = self.cache.get(&layer_key) {
-            self.push(layer_key, state);
+        if self.reuse(forced, &layer_key) {
             return Ok(());
         }
         self.info(BASE_STEP, "installing envd and the default user");
