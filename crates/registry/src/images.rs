@@ -12,8 +12,8 @@
 //!   given to other content).
 
 use crate::{
-    ConfigErrors, Credentials, DEFAULT_FALLBACK_BASE_IMAGE, Image, Registry, RegistryError,
-    RemoteRegistry,
+    ConfigErrors, Credentials, DEFAULT_FALLBACK_BASE_IMAGE, EcrSettings, GcpSettings,
+    GcpTokenSource, Image, Registry, RegistryError, RemoteRegistry, ServiceAccountKey,
     auth::{StaticAuth, from_docker_config},
     config::{self, ProviderAuth},
     reference::{ImageName, split_host},
@@ -22,6 +22,29 @@ use std::{
     path::{Path, PathBuf},
     sync::Arc,
 };
+
+/// Cloud credentials for one pull (E2B's `fromImageRegistry` of type `aws` or `gcp`): the
+/// registry's own token exchange runs with them. `Debug` hides the secrets.
+#[derive(Clone)]
+pub enum CloudCredentials {
+    Ecr {
+        access_key_id: String,
+        secret_access_key: String,
+        region: String,
+    },
+    Gcp {
+        service_account_json: String,
+    },
+}
+
+impl std::fmt::Debug for CloudCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloudCredentials::Ecr { region, .. } => write!(f, "Ecr {{ region: {region:?} }}"),
+            CloudCredentials::Gcp { .. } => f.write_str("Gcp { .. }"),
+        }
+    }
+}
 
 /// Settings of [`Images`] beyond the provider.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,6 +141,59 @@ impl Images {
                     .await
             }
         }
+    }
+
+    /// Pulls `reference` (which must name its registry: `<account>.dkr.ecr.<region>.amazonaws.com/…`
+    /// or `<region>-docker.pkg.dev/…`) with cloud credentials: an ECR authorization token or a
+    /// Google access token is obtained with them first.
+    pub async fn resolve_and_pull_cloud(
+        &self,
+        reference: &str,
+        credentials: CloudCredentials,
+    ) -> Result<Image, RegistryError> {
+        let reference = reference.trim();
+        let invalid = |message: String| RegistryError::Store {
+            location: format!("image {reference:?}"),
+            message,
+        };
+        let (host, name) = split_host(reference).ok_or_else(|| {
+            invalid("cloud registry credentials need the registry host in the image name".into())
+        })?;
+        let registry = match credentials {
+            CloudCredentials::Ecr {
+                access_key_id,
+                secret_access_key,
+                region,
+            } => RemoteRegistry::ecr(
+                EcrSettings {
+                    region,
+                    account_id: host.split('.').next().unwrap_or_default().to_owned(),
+                    repository: String::new(),
+                    access_key_id,
+                    secret_access_key,
+                    session_token: None,
+                    api_endpoint: None,
+                    registry_host: Some(host.to_owned()),
+                },
+                &self.cache_dir,
+            ),
+            CloudCredentials::Gcp {
+                service_account_json,
+            } => {
+                let key = ServiceAccountKey::from_json(&service_account_json).map_err(invalid)?;
+                RemoteRegistry::gcp(
+                    GcpSettings {
+                        region: host.trim_end_matches("-docker.pkg.dev").to_owned(),
+                        project_id: String::new(),
+                        repository: String::new(),
+                        token_source: GcpTokenSource::ServiceAccount(key),
+                        registry_host: Some(host.to_owned()),
+                    },
+                    &self.cache_dir,
+                )
+            }
+        };
+        registry.pull(name, &Credentials::Anonymous).await
     }
 
     async fn pull_direct(

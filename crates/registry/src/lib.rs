@@ -40,7 +40,7 @@ pub use config::{ConfigErrors, DEFAULT_FALLBACK_BASE_IMAGE};
 pub use ecr::EcrSettings;
 pub use error::RegistryError;
 pub use gcp::{GcpSettings, GcpTokenSource, ServiceAccountKey};
-pub use images::{Images, ImagesOptions};
+pub use images::{CloudCredentials, Images, ImagesOptions};
 pub use local::{LocalStore, import};
 pub use remote::RemoteRegistry;
 

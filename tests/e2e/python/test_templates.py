@@ -112,12 +112,22 @@ class _through_proxy:
         self.response.close()
 
 
-def test_from_base_template(kiln):
-    template = Template().from_template("base").run_cmd("python3 -c 'print(6*7)' > /home/user/answer.txt")
+def test_from_base_template(kiln, context):
+    template = (
+        Template(file_context_path=str(context))
+        .from_template("base")
+        .set_envs({"FROM_BASE": "yes"})
+        .copy("app.txt", "/home/user/app/")
+        .set_workdir("/home/user/app")
+        .run_cmd("python3 -c 'print(6*7)' > answer.txt")
+        .set_user("user")
+        .set_start_cmd("python3 -m http.server 8000", "curl -sf http://127.0.0.1:8000/answer.txt")
+    )
     build(template, "from-base")
     sandbox = Sandbox.create("from-base", timeout=60)
     try:
-        assert sandbox.commands.run("cat ~/answer.txt; whoami").stdout == "42\nuser\n"
+        assert sandbox.commands.run("cat answer.txt app.txt; whoami; echo $FROM_BASE").stdout == "42\ncopied from the context\nuser\nyes\n"
+        assert sandbox.commands.run("curl -s http://127.0.0.1:8000/answer.txt").stdout == "42\n", "the server started at build time runs"
     finally:
         sandbox.kill()
 

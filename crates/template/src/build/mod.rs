@@ -280,27 +280,39 @@ impl Run<'_> {
         let fail = |message: String| BuildError::at(BASE_STEP, message);
         match (&request.from_image, &request.from_template) {
             (Some(image), None) => {
-                let credentials = match &request.from_image_registry {
-                    None => None,
+                self.info(BASE_STEP, &format!("FROM {image}"));
+                let images = &self.builder.images;
+                let pulled = match &request.from_image_registry {
+                    None => images.resolve_and_pull(image, None).await,
                     Some(RegistryCredentials::Registry { username, password }) => {
-                        Some(registry::Credentials::Basic {
+                        let basic = registry::Credentials::Basic {
                             username: username.clone(),
                             password: password.clone(),
-                        })
+                        };
+                        images.resolve_and_pull(image, Some(basic)).await
                     }
-                    Some(other) => {
-                        return Err(fail(format!(
-                            "fromImageRegistry {other:?} is not supported; configure the registry provider (ARTIFACTS_REGISTRY_PROVIDER) instead"
-                        )));
+                    Some(RegistryCredentials::Aws {
+                        access_key_id,
+                        secret_access_key,
+                        region,
+                    }) => {
+                        let ecr = registry::CloudCredentials::Ecr {
+                            access_key_id: access_key_id.clone(),
+                            secret_access_key: secret_access_key.clone(),
+                            region: region.clone(),
+                        };
+                        images.resolve_and_pull_cloud(image, ecr).await
                     }
-                };
-                self.info(BASE_STEP, &format!("FROM {image}"));
-                let pulled = self
-                    .builder
-                    .images
-                    .resolve_and_pull(image, credentials)
-                    .await
-                    .map_err(|e| fail(e.to_string()))?;
+                    Some(RegistryCredentials::Gcp {
+                        service_account_json,
+                    }) => {
+                        let gcp = registry::CloudCredentials::Gcp {
+                            service_account_json: service_account_json.clone(),
+                        };
+                        images.resolve_and_pull_cloud(image, gcp).await
+                    }
+                }
+                .map_err(|e| fail(e.to_string()))?;
                 let layer_key = key(&["image", &pulled.manifest_digest]);
                 let state = State {
                     user: DEFAULT_USER.into(),
