@@ -234,14 +234,30 @@ def test_unsupported_step_is_refused(kiln):
 
 def test_run_steps_have_the_network(kiln):
     """Build steps reach the host's network through the build's namespace and NAT (here: the
-    Debian mirror, which the machines can reach); the template's sandboxes have none."""
-    template = Template().from_template("base").run_cmd(
-        "curl -sS -m 30 http://deb.debian.org/debian/dists/bookworm/Release | head -c 7 > /home/user/origin"
-    )
-    build(template, "with-network")
+    Debian mirror, which the machines can reach), but not the host's own services; the
+    template's sandboxes have no network at all."""
+    import http.server
+    import socket
+    import threading
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outbound address
+    host_ip = probe.getsockname()[0]
+    probe.close()
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        template = Template().from_template("base").run_cmd(
+            "curl -sS -m 30 http://deb.debian.org/debian/dists/bookworm/Release | head -c 7 > /home/user/origin; "
+            f"curl -s -m 3 -o /dev/null http://{host_ip}:{server.server_address[1]}/ && echo reached > /home/user/host || echo blocked > /home/user/host"
+        )
+        build(template, "with-network")
+    finally:
+        server.shutdown()
     sandbox = Sandbox.create("with-network", timeout=60)
     try:
         assert sandbox.commands.run("cat /home/user/origin").stdout == "Origin:"
+        assert sandbox.commands.run("cat /home/user/host").stdout == "blocked\n", "a build cannot reach the host's services"
         offline = sandbox.commands.run("curl -sS -m 3 http://deb.debian.org/ || echo offline")
         assert offline.stdout.strip().endswith("offline")
     finally:

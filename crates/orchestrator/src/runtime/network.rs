@@ -5,8 +5,9 @@
 //! Only build sandboxes get one: runsc cannot checkpoint a sandbox on the host network stack,
 //! and template snapshots are taken from a fresh, network-less start of the built filesystem.
 //!
-//! Invariants: each build has its own /30 in [`SUBNET`], so builds cannot reach each other's
-//! addresses by accident; [`BuildNetwork::remove`] deletes the namespace and the host end of the
+//! Invariants: each build has its own /30 in [`SUBNET`]; nftables drops traffic from one build
+//! network to another and from a build to the host itself (only forwarded, masqueraded traffic
+//! leaves); [`BuildNetwork::remove`] deletes the namespace and the host end of the
 //! veth (the kernel removes the other end with the namespace); the NAT rule is shared and stays.
 
 use super::{NetworkNamespace, RuntimeError};
@@ -158,20 +159,16 @@ async fn free_slot() -> Result<u32, RuntimeError> {
         })
 }
 
-/// Masquerades build traffic leaving the host, and lets it be forwarded (once per host).
+/// (Re)writes Kiln's table: build traffic leaving the host is masqueraded and forwarded; it may
+/// not reach the host itself (its services) nor another build's network.
 async fn ensure_nat() -> Result<(), RuntimeError> {
-    let listed = tokio::process::Command::new("nft")
-        .args(["list", "table", "ip", NFT_TABLE])
-        .stdin(Stdio::null())
-        .output()
-        .await;
-    if listed.is_ok_and(|o| o.status.success()) {
-        return Ok(());
-    }
+    // `add` then `delete` makes the replacement work whether or not the table exists.
     let rules = format!(
-        "table ip {NFT_TABLE} {{\n\
+        "add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n\
+         table ip {NFT_TABLE} {{\n\
          \tchain postrouting {{ type nat hook postrouting priority srcnat; ip saddr {SUBNET} ip daddr != {SUBNET} masquerade; }}\n\
-         \tchain forward {{ type filter hook forward priority filter; ip saddr {SUBNET} accept; ip daddr {SUBNET} ct state established,related accept; }}\n\
+         \tchain forward {{ type filter hook forward priority filter; ip saddr {SUBNET} ip daddr {SUBNET} drop; ip saddr {SUBNET} accept; ip daddr {SUBNET} ct state established,related accept; }}\n\
+         \tchain input {{ type filter hook input priority filter; ip saddr {SUBNET} ct state established,related accept; ip saddr {SUBNET} drop; }}\n\
          }}\n"
     );
     let mut child = tokio::process::Command::new("nft")
