@@ -298,7 +298,8 @@ pub(crate) fn copy_in(
         Path::new(to).join(from.file_name().unwrap_or_default())
     };
     if let Some(parent) = target.parent() {
-        make_dirs(root, parent, None)?;
+        // Directories the copy creates belong to the copy's owner, so a user can work in them.
+        make_dirs(root, parent, Some(owner))?;
     }
     let mut copied = 0;
     copy_tree(root, from, &target, owner, mode, &mut copied)?;
