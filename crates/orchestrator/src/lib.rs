@@ -144,10 +144,9 @@ impl Orchestrator {
     /// Removes everything a previous run left: every container in the runtime and every
     /// sandbox directory. Returns how many containers were destroyed.
     pub async fn reconcile(&self) -> Result<usize, SandboxError> {
-        let leftovers = self.runtime.list().await?;
+        let leftovers = self.runtime.reset().await?;
         for id in &leftovers {
-            tracing::warn!(sandbox = %id, "removing a sandbox left over from a previous run");
-            self.runtime.destroy(id).await?;
+            tracing::warn!(sandbox = %id, "removed a sandbox left over from a previous run");
         }
         if self.sandboxes_dir.exists() {
             std::fs::remove_dir_all(&self.sandboxes_dir).map_err(|source| SandboxError::Io {

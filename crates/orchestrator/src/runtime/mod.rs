@@ -117,6 +117,11 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Ids of every sandbox the runtime has, running or not.
     async fn list(&self) -> Result<Vec<String>, RuntimeError>;
+
+    /// Removes everything a previous run of Kiln left (at start-up, before any sandbox starts):
+    /// sandboxes, half-started ones and runtime commands still in flight. Returns the ids of the
+    /// sandboxes it found.
+    async fn reset(&self) -> Result<Vec<String>, RuntimeError>;
 }
 
 /// The directory of a sandbox that is shared with it (mounted at `/run/kiln`).

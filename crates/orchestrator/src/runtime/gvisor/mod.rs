@@ -183,7 +183,7 @@ impl Runtime for GvisorRuntime {
             .runsc
             .run("delete", id, &[OsStr::new("--force"), OsStr::new(id)])
             .await;
-        kill_leftovers(self.runsc.root(), id);
+        kill_leftovers(self.runsc.root(), Some(id));
         remove_cgroups(id);
         match deleted {
             Ok(()) => Ok(()),
@@ -194,6 +194,44 @@ impl Runtime for GvisorRuntime {
 
     async fn list(&self) -> Result<Vec<String>, RuntimeError> {
         self.runsc.list().await
+    }
+
+    async fn reset(&self) -> Result<Vec<String>, RuntimeError> {
+        // A crash can leave `runsc create`/`restore` commands running that would start a
+        // container after this cleanup: every runsc process of this state root goes first.
+        kill_leftovers(self.runsc.root(), None);
+        let found = self.runsc.list().await.unwrap_or_default();
+        for id in &found {
+            let _ = self.destroy(id).await;
+        }
+        kill_leftovers(self.runsc.root(), None);
+        // Nothing of this root runs any more, so whatever state runsc kept is stale.
+        let root = self.runsc.root();
+        if let Ok(entries) = std::fs::read_dir(root) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+        remove_all_cgroups();
+        Ok(found)
+    }
+}
+
+/// Removes every (empty) sandbox cgroup under `/kiln` of every controller.
+fn remove_all_cgroups() {
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for controller in controllers.flatten() {
+        let parent = controller.path().join("kiln");
+        for child in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(child.path());
+        }
     }
 }
 
@@ -209,14 +247,15 @@ fn remove_cgroups(id: &str) {
     }
 }
 
-/// Kills `runsc-sandbox`/`runsc-gofer` processes of container `id` under `root`: those whose
-/// command line names Kiln's state root and the container (by id, or by its bundle path).
-fn kill_leftovers(root: &Path, id: &str) {
+/// Kills the runsc processes (commands, `runsc-sandbox`, `runsc-gofer`) whose command line names
+/// Kiln's state root and container `id` (by id, or by its bundle path); all of them when `id`
+/// is `None`.
+fn kill_leftovers(root: &Path, id: Option<&str>) {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
     };
     let root_flag = format!("--root={}", root.display());
-    let in_bundle = format!("/{id}/");
+    let in_bundle = id.map(|id| format!("/{id}/"));
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -230,9 +269,23 @@ fn kill_leftovers(root: &Path, id: &str) {
         };
         let cmdline = String::from_utf8_lossy(&cmdline);
         let args: Vec<&str> = cmdline.split('\0').collect();
-        let is_runsc = args.first().is_some_and(|a| a.starts_with("runsc"));
-        let ours = args.contains(&root_flag.as_str());
-        let this_container = args.iter().any(|a| *a == id || a.contains(&in_bundle));
+        // `runsc-sandbox`/`runsc-gofer` (argv[0]) or a runsc command (its path).
+        let is_runsc = args
+            .first()
+            .and_then(|a| Path::new(a).file_name())
+            .is_some_and(|name| name.to_string_lossy().starts_with("runsc"));
+        // runsc passes `--root=<dir>` to its own processes; Kiln's commands pass `--root <dir>`.
+        let root_text = root.to_string_lossy();
+        let ours = args.contains(&root_flag.as_str())
+            || args
+                .windows(2)
+                .any(|w| w[0] == "--root" && w[1] == root_text);
+        let this_container = match (id, &in_bundle) {
+            (Some(id), Some(in_bundle)) => args
+                .iter()
+                .any(|a| *a == id || a.contains(in_bundle.as_str())),
+            _ => true,
+        };
         if is_runsc && ours && this_container {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
