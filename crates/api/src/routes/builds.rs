@@ -189,7 +189,7 @@ async fn request_v1(
     let (alias, _) = parse_name(&alias)?;
     let (cpu, memory) = resources(body.cpu_count, body.memory_mb)?;
     let template_id = claim(&state, &team, &alias, cpu, memory).await?;
-    new_v1_build(&state, &template_id, &alias, cpu, memory, &body).await
+    new_v1_build(&state, &template_id, cpu, memory, &body).await
 }
 
 /// `POST /templates/{id}` (v1 rebuild) → 202: a new build of the team's template.
@@ -208,13 +208,12 @@ async fn rebuild_v1(
         .store
         .upsert_template(&record.id, &team.0.id, &record.name, cpu, memory)
         .await?;
-    new_v1_build(&state, &record.id, &record.name, cpu, memory, &body).await
+    new_v1_build(&state, &record.id, cpu, memory, &body).await
 }
 
 async fn new_v1_build(
     state: &AppState,
     template_id: &str,
-    alias: &str,
     cpu: u32,
     memory: u64,
     body: &TemplateBuildRequestV1,
@@ -232,7 +231,6 @@ async fn new_v1_build(
         .build(template_id, &build_id)
         .await?
         .ok_or_else(|| ApiError::internal("the new build vanished"))?;
-    let _ = alias;
     Ok((
         StatusCode::ACCEPTED,
         Json(TemplateInfo::pending(&record, &build)),
