@@ -128,7 +128,7 @@ pub fn apply_layer(blob: &Path, root: &Path) -> Result<LayerStats, LayerError> {
 /// it was. Later entries that go through a symlink of the archive are re-rooted at `dir` like
 /// layer entries are. zstd archives are accepted too.
 pub fn extract_archive(archive: &Path, dir: &Path) -> Result<LayerStats, LayerError> {
-    check_plain_names(archive)?;
+    check_archive(archive)?;
     fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
     let mut unpacker = Unpacker::new(dir, Flavor::Plain);
     unpacker.run(archive)?;
@@ -282,8 +282,9 @@ fn open_archive(archive: &Path) -> Result<Box<dyn Read>, LayerError> {
     }
 }
 
-/// The refusal pass of [`extract_archive`]: every name checked before anything is written.
-fn check_plain_names(archive: &Path) -> Result<(), LayerError> {
+/// The refusal pass of [`extract_archive`], on its own: reads the whole archive and rejects it as
+/// `extract_archive` would (an absolute or `..` name or hardlink target), writing nothing.
+pub fn check_archive(archive: &Path) -> Result<(), LayerError> {
     let mut tar = tar::Archive::new(open_archive(archive)?);
     let entries = tar.entries().map_err(archive_err(archive))?;
     for entry in entries {

@@ -353,18 +353,15 @@ async fn upload(
     let result = receive(body, &partial).await;
     let checked = match result {
         Ok(()) => {
-            let scratch = files.join(format!("{hash}.check"));
             let check_path = partial.clone();
-            let scratch_dir = scratch.clone();
-            let checked = tokio::task::spawn_blocking(move || {
-                let _ = std::fs::remove_dir_all(&scratch_dir);
-                let result = template::layers::extract_archive(&check_path, &scratch_dir);
-                let _ = std::fs::remove_dir_all(&scratch_dir);
-                result
-            })
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-            checked.map_err(|e| ApiError::bad_request(format!("the archive is refused: {e}")))
+            // A failed check (or task) must still remove the partial file below.
+            tokio::task::spawn_blocking(move || template::layers::check_archive(&check_path))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))
+                .and_then(|checked| {
+                    checked
+                        .map_err(|e| ApiError::bad_request(format!("the archive is refused: {e}")))
+                })
         }
         Err(error) => Err(error),
     };
