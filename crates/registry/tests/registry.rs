@@ -600,10 +600,7 @@ async fn fake_ecr(password: &'static str, calls: Arc<AtomicUsize>) -> String {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}/")
+    format!("{}/", serve(app).await)
 }
 
 #[tokio::test]
@@ -675,10 +672,15 @@ async fn fake_google_token(access_token: &'static str, public_pem: &'static str)
             )
         }),
     );
+    format!("{}/token", serve(app).await)
+}
+
+/// Serves a fake cloud endpoint on a loopback port; returns its `http://addr`.
+async fn serve(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}/token")
+    format!("http://{addr}")
 }
 
 #[tokio::test]
