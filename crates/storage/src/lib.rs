@@ -59,6 +59,18 @@
 //!   `aws-chunked`/`STREAMING-*` payload hashes) and carry no CRC32 checksum headers; the
 //!   tests check the requests on the wire.
 //! - Secrets never appear in messages, logs or `Debug` output.
+//!
+//! # Not yet
+//!
+//! OCI's native Object Storage API (request signing through `oracle-auth`, needed for instance
+//! principals) is not implemented: `OCI_AUTH` is refused at configuration time.
+//!
+//! # Tests and benchmark
+//!
+//! `tests/it` runs one contract suite against a local directory and a real S3 server on
+//! loopback (s3s-fs), and checks OCI's S3-compatibility constraints on the recorded requests.
+//! `cargo run --release -p storage --example chunk_cache_bench` compares chunk-cache reads with
+//! a plain full read on both backends.
 
 mod cache;
 mod config;
