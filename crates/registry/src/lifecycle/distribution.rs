@@ -655,10 +655,7 @@ fn next_link(link: &str) -> Option<String> {
         }
         let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
         // Registries send a path; some send an absolute URL on the same host.
-        match target.find("/v2/") {
-            Some(at) => Some(target[at..].to_string()),
-            None => None,
-        }
+        target.find("/v2/").map(|at| target[at..].to_string())
     })
 }
 
