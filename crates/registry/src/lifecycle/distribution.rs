@@ -522,12 +522,12 @@ impl Catalog for DistributionCatalog {
             .await;
         let listed = match listed {
             Ok(listed) => listed,
-            Err(LifecycleError::Registry(RegistryError::CredentialsRefused { status, .. })) => {
-                Err((
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
-                    String::new(),
-                ))
-            }
+            // Allowed in, but not to the catalog (403): registries that keep it to admins.
+            // A 401 stays a credentials error: the login itself was refused.
+            Err(LifecycleError::Registry(RegistryError::CredentialsRefused {
+                status: 403,
+                ..
+            })) => Err((StatusCode::FORBIDDEN, String::new())),
             Err(e) => return Err(e),
         };
         let mut names = listed.map_err(|(status, body)| LifecycleError::CatalogUnsupported {
