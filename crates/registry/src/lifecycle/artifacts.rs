@@ -28,6 +28,34 @@ const PAGE: &str = "100";
 #[async_trait::async_trait]
 pub trait OciRequestSigner: Send + Sync {
     async fn sign(&self, request: &mut reqwest::Request) -> Result<(), String>;
+
+    /// OCI answered 401: drop cached session tokens so the next signature uses fresh ones.
+    async fn invalidate(&self) {}
+}
+
+/// [`OciRequestSigner`] over `oracle-auth` credentials: an API key from `~/.oci/config` or the
+/// instance principal.
+pub struct OracleSigner(pub Arc<dyn oracle_auth::Credentials>);
+
+#[async_trait::async_trait]
+impl OciRequestSigner for OracleSigner {
+    async fn sign(&self, request: &mut reqwest::Request) -> Result<(), String> {
+        let signer = self.0.signer().await.map_err(|e| e.to_string())?;
+        let method = request.method().clone();
+        let url = request.url().clone();
+        signer
+            .sign(
+                &method,
+                &url,
+                request.headers_mut(),
+                oracle_auth::Payload::Unsigned,
+            )
+            .map_err(|e| e.to_string())
+    }
+
+    async fn invalidate(&self) {
+        self.0.invalidate().await;
+    }
 }
 
 /// OCIR images of one compartment, through the Artifacts API.
@@ -147,24 +175,12 @@ impl ArtifactsCatalog {
         query: &[(&str, &str)],
         what: &str,
     ) -> Result<reqwest::Response, LifecycleError> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{API}{path}", self.endpoint))
-            .query(query)
-            .build()
-            .map_err(|e| self.failed(what, chain(&e)))?;
-        self.signer.sign(&mut request).await.map_err(|reason| {
-            RegistryError::CredentialsUnavailable {
-                location: self.location(),
-                reason,
-            }
-        })?;
-        let response = self.http.execute(request).await.map_err(|e| {
-            LifecycleError::from(RegistryError::Unreachable {
-                location: self.location(),
-                reason: chain(&e),
-            })
-        })?;
+        let mut response = self.send_signed(&method, path, query, what).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            // A session token may have expired early: once more with a fresh one.
+            self.signer.invalidate().await;
+            response = self.send_signed(&method, path, query, what).await?;
+        }
         match response.status().as_u16() {
             status @ (401 | 403) => Err(RegistryError::CredentialsRefused {
                 location: self.location(),
@@ -174,6 +190,33 @@ impl ArtifactsCatalog {
             .into()),
             _ => Ok(response),
         }
+    }
+
+    async fn send_signed(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &[(&str, &str)],
+        what: &str,
+    ) -> Result<reqwest::Response, LifecycleError> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{API}{path}", self.endpoint))
+            .query(query)
+            .build()
+            .map_err(|e| self.failed(what, chain(&e)))?;
+        self.signer.sign(&mut request).await.map_err(|reason| {
+            RegistryError::CredentialsUnavailable {
+                location: self.location(),
+                reason,
+            }
+        })?;
+        self.http.execute(request).await.map_err(|e| {
+            LifecycleError::from(RegistryError::Unreachable {
+                location: self.location(),
+                reason: chain(&e),
+            })
+        })
     }
 
     /// Every item of a paged list (`opc-next-page` → `page`).

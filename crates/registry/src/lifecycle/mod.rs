@@ -22,7 +22,7 @@ mod distribution;
 pub mod policy;
 mod target;
 
-pub use artifacts::{ArtifactsCatalog, OciRequestSigner};
+pub use artifacts::{ArtifactsCatalog, OciRequestSigner, OracleSigner};
 pub use distribution::DistributionCatalog;
 pub use policy::{Action, Decision, Pattern, Policy, Quota, QuotaReport, Rule};
 pub use target::{RegistryTarget, read_secret_file};

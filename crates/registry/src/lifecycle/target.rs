@@ -2,9 +2,9 @@
 //! (`ARTIFACTS_REGISTRY_PROVIDER` and its settings, as for pulls) or an explicit registry URL,
 //! and the secret files their passwords may come from.
 
-use super::{Catalog, DistributionCatalog};
+use super::{ArtifactsCatalog, Catalog, DistributionCatalog, OracleSigner};
 use crate::{ConfigErrors, config};
-use std::{io::Read, os::unix::fs::MetadataExt, path::Path};
+use std::{io::Read, os::unix::fs::MetadataExt, path::Path, sync::Arc};
 
 /// A secret file larger than this is not a password or token.
 const MAX_SECRET: u64 = 64 * 1024;
@@ -49,14 +49,15 @@ impl RegistryTarget {
         if let Some(prefix) = &auth.prefix {
             summary.push(("repository prefix".to_string(), prefix.clone()));
         }
-        let api = if provider.eq_ignore_ascii_case("OCI_OCIR") {
-            // The Artifacts API needs Oracle request signing, which this build does not have
-            // yet; the distribution API does everything but list untagged images.
-            "distribution API (OCI Artifacts API signing not available in this build)"
-        } else {
-            "distribution API"
-        };
-        summary.push(("api".to_string(), api.to_string()));
+        if provider.eq_ignore_ascii_case("OCI_OCIR")
+            && let Some(artifacts) = artifacts_catalog(lookup, &mut summary)?
+        {
+            return Ok(RegistryTarget {
+                catalog: Box::new(artifacts),
+                summary,
+            });
+        }
+        summary.push(("api".to_string(), "distribution API".to_string()));
         let catalog = DistributionCatalog::with_auth(
             &auth.host,
             auth.prefix.as_deref(),
@@ -83,6 +84,74 @@ impl RegistryTarget {
         };
         RegistryTarget::from_lookup(&overridden)
     }
+}
+
+/// OCIR through the Artifacts API when `OCI_COMPARTMENT_ID` is set (`None` otherwise: the
+/// distribution API is used). Signing credentials: `OCI_AUTH=instance_principal`, else the API
+/// key of `~/.oci/config` (`OCI_CONFIG_FILE`, `OCI_PROFILE`). The endpoint is
+/// `https://artifacts.<OCI_REGION>.oci.oraclecloud.com`, or `OCI_ARTIFACTS_ENDPOINT`.
+fn artifacts_catalog(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    summary: &mut Vec<(String, String)>,
+) -> Result<Option<ArtifactsCatalog>, ConfigErrors> {
+    let get = |key: &str| {
+        lookup(key)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let Some(compartment) = get("OCI_COMPARTMENT_ID") else {
+        summary.push((
+            "artifacts api".to_string(),
+            "off (set OCI_COMPARTMENT_ID to list untagged images through it)".to_string(),
+        ));
+        return Ok(None);
+    };
+    let mut errors = Vec::new();
+    // Both were validated by the provider settings already.
+    let region = get("OCI_REGION").unwrap_or_default().to_ascii_lowercase();
+    let namespace = get("OCI_NAMESPACE").unwrap_or_default();
+    let endpoint = match get("OCI_ARTIFACTS_ENDPOINT") {
+        Some(endpoint) => endpoint,
+        None if region.contains('-') => format!("https://artifacts.{region}.oci.oraclecloud.com"),
+        None => {
+            errors.push(format!(
+                "OCI_REGION={region:?} is a region key; the Artifacts API needs the region identifier (like us-ashburn-1), or set OCI_ARTIFACTS_ENDPOINT"
+            ));
+            String::new()
+        }
+    };
+    let auth = get("OCI_AUTH").unwrap_or_else(|| "api_key".to_string());
+    let credentials: Option<Arc<dyn oracle_auth::Credentials>> =
+        match auth.to_ascii_lowercase().as_str() {
+            "api_key" => oracle_auth::ApiKeyCredentials::from_env(lookup)
+                .map(|c| Arc::new(c) as Arc<dyn oracle_auth::Credentials>)
+                .map_err(|e| errors.push(format!("OCI API key for the Artifacts API: {e}")))
+                .ok(),
+            "instance_principal" => oracle_auth::InstancePrincipal::new(Default::default())
+                .map(|c| Arc::new(c) as Arc<dyn oracle_auth::Credentials>)
+                .map_err(|e| errors.push(format!("OCI instance principal: {e}")))
+                .ok(),
+            other => {
+                errors.push(format!(
+                    "OCI_AUTH={other:?} is invalid: expected api_key or instance_principal"
+                ));
+                None
+            }
+        };
+    let (Some(credentials), true) = (credentials, errors.is_empty()) else {
+        return Err(ConfigErrors(errors));
+    };
+    summary.push(("artifacts api".to_string(), endpoint.clone()));
+    summary.push(("compartment".to_string(), compartment.clone()));
+    summary.push(("signing".to_string(), credentials.describe()));
+    let prefix = get("OCI_CONTAINER_REPOSITORY_NAME");
+    Ok(Some(ArtifactsCatalog::new(
+        &endpoint,
+        &compartment,
+        &namespace,
+        prefix.as_deref(),
+        Arc::new(OracleSigner(credentials)),
+    )))
 }
 
 /// Reads a password or token from `path`, refusing a file that group or others may read (or

@@ -2,6 +2,8 @@
 //! deletes, dry runs, repeated applies, shared manifests, the quota against the bytes on disk,
 //! and a registry with deletes switched off.
 
+mod artifacts;
+
 use crate::common::*;
 use registry::{
     Credentials, RegistryError,
