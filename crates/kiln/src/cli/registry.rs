@@ -523,13 +523,8 @@ pub(crate) fn parse_interval(text: &str) -> Result<Option<Duration>, String> {
     if text.is_empty() || text == "0" || text.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not an interval like 30m, 6h or 1d"))?;
+    let (number, unit) = policy::split_number(text)
+        .ok_or_else(|| format!("{text:?} is not an interval like 30m, 6h or 1d"))?;
     let seconds = match unit {
         "" | "s" => 1,
         "m" => 60,

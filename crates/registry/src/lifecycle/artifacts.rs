@@ -135,19 +135,12 @@ impl ArtifactsCatalog {
         prefix: Option<&str>,
         signer: Arc<dyn OciRequestSigner>,
     ) -> ArtifactsCatalog {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+        let http = super::http_client(Duration::from_secs(60));
         ArtifactsCatalog {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             compartment_id: compartment_id.to_string(),
             namespace: namespace.to_string(),
-            prefix: prefix
-                .map(|p| p.trim_matches('/').to_string())
-                .filter(|p| !p.is_empty()),
+            prefix: super::normalize_prefix(prefix),
             signer,
             http,
             ids: Mutex::new(HashMap::new()),
@@ -159,12 +152,7 @@ impl ArtifactsCatalog {
     }
 
     fn failed(&self, what: &str, message: String) -> LifecycleError {
-        RegistryError::Failed {
-            location: self.location(),
-            image: what.to_string(),
-            message,
-        }
-        .into()
+        super::failed(self.location(), what, message)
     }
 
     /// Sends a signed request; 401/403 become credential errors.

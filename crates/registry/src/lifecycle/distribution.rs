@@ -19,6 +19,7 @@ use crate::{
     cache::sha256_digest,
     error::chain,
     oci::{self, Manifest},
+    remote::truncate,
 };
 use base64::Engine as _;
 use futures::{StreamExt, TryStreamExt, stream};
@@ -90,18 +91,11 @@ impl DistributionCatalog {
         plain_http: bool,
     ) -> DistributionCatalog {
         let scheme = if plain_http { "http" } else { "https" };
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+        let http = super::http_client(Duration::from_secs(120));
         DistributionCatalog {
             host: host.to_string(),
             base: format!("{scheme}://{host}"),
-            prefix: prefix
-                .map(|p| p.trim_matches('/').to_string())
-                .filter(|p| !p.is_empty()),
+            prefix: super::normalize_prefix(prefix),
             auth,
             http,
             authorization: Mutex::new(HashMap::new()),
@@ -114,12 +108,7 @@ impl DistributionCatalog {
     }
 
     fn failed(&self, image: &str, message: String) -> LifecycleError {
-        RegistryError::Failed {
-            location: self.location(),
-            image: image.to_string(),
-            message,
-        }
-        .into()
+        super::failed(self.location(), image, message)
     }
 
     /// Sends a body-less request for `path` (and query), authorized for `scope` as the
@@ -692,15 +681,6 @@ fn parse_challenge(header: &str) -> Option<Challenge> {
         scheme: scheme.to_string(),
         params,
     })
-}
-
-/// Registry error bodies can be whole HTML pages.
-fn truncate(text: &str) -> String {
-    let text = text.trim();
-    match text.char_indices().nth(300) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_string(),
-    }
 }
 
 #[cfg(test)]

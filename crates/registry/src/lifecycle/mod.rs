@@ -93,6 +93,33 @@ pub trait Catalog: Send + Sync {
     async fn delete(&self, repository: &str, digest: &str) -> Result<(), LifecycleError>;
 }
 
+/// The HTTP client of a catalog: bounded connect and request times, Kiln's user agent.
+fn http_client(timeout: std::time::Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(timeout)
+        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}
+
+/// A repository prefix without surrounding slashes; `None` when empty.
+fn normalize_prefix(prefix: Option<&str>) -> Option<String> {
+    prefix
+        .map(|p| p.trim_matches('/').to_string())
+        .filter(|p| !p.is_empty())
+}
+
+/// [`RegistryError::Failed`] at `location` about `what`.
+fn failed(location: String, what: &str, message: String) -> LifecycleError {
+    RegistryError::Failed {
+        location,
+        image: what.to_string(),
+        message,
+    }
+    .into()
+}
+
 /// Which repositories to look at: all (empty) or those matching one of the patterns (a plain
 /// name is a pattern matching itself).
 pub async fn select_repositories(

@@ -259,16 +259,21 @@ impl ByteSize {
     }
 }
 
-/// `500000000`, `500MB`, `350 MiB`, `2G`: decimal units (k, M, G, T) and binary ones (KiB, MiB…).
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
+/// `"500MB"` → `(500, "MB")`: the leading decimal number and what follows; `None` without a
+/// number.
+pub fn split_number(text: &str) -> Option<(u64, &str)> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size like 500MB or 524288000"))?;
+    Some((number.parse().ok()?, unit))
+}
+
+/// `500000000`, `500MB`, `350 MiB`, `2G`: decimal units (k, M, G, T) and binary ones (KiB, MiB…).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = split_number(text)
+        .ok_or_else(|| format!("{text:?} is not a size like 500MB or 524288000"))?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
