@@ -4,10 +4,7 @@
 
 use super::{ArtifactsCatalog, Catalog, DistributionCatalog, OracleSigner};
 use crate::{ConfigErrors, config};
-use std::{io::Read, os::unix::fs::MetadataExt, path::Path, sync::Arc};
-
-/// A secret file larger than this is not a password or token.
-const MAX_SECRET: u64 = 64 * 1024;
+use std::{path::Path, sync::Arc};
 
 /// The registry a lifecycle command works on.
 pub struct RegistryTarget {
@@ -154,30 +151,15 @@ fn artifacts_catalog(
     )))
 }
 
-/// Reads a password or token from `path`, refusing a file that group or others may read (or
-/// write): a secret readable by others is no longer a secret. Surrounding whitespace (the
-/// trailing newline of `echo tok > file`) is removed. Messages name the file, never its content.
+/// Reads a password or token from `path`, refusing a file that group or others may read (the
+/// same rule as for OCI key files, `oracle_auth::read_secret_file`): a secret readable by others
+/// is no longer a secret. Surrounding whitespace (the trailing newline of `echo tok > file`) is
+/// removed. Messages name the file, never its content.
 pub fn read_secret_file(path: &Path) -> Result<String, String> {
-    let shown = path.display();
-    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot open {shown}: {e}"))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot stat {shown}: {e}"))?;
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{shown} is readable by group or others (mode {mode:04o}); refusing to use it: chmod 600 {shown}"
-        ));
-    }
-    if !meta.is_file() || meta.len() > MAX_SECRET {
-        return Err(format!("{shown} is not a small regular file"));
-    }
-    let mut secret = String::new();
-    file.read_to_string(&mut secret)
-        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let secret = oracle_auth::read_secret_file(path).map_err(|e| e.to_string())?;
     let secret = secret.trim();
     if secret.is_empty() {
-        return Err(format!("{shown} is empty"));
+        return Err(format!("{} is empty", path.display()));
     }
     Ok(secret.to_string())
 }
