@@ -30,6 +30,13 @@ pub(crate) struct UpArgs {
     /// Debian mirror for the base template (default: the host's APT source).
     #[arg(long, env = "KILN_DEBIAN_MIRROR")]
     pub(crate) debian_mirror: Option<String>,
+    /// Prune the registry of the configured provider this often (`6h`, `1d`); off by default.
+    #[arg(long, env = "KILN_REGISTRY_PRUNE_INTERVAL")]
+    pub(crate) registry_prune_interval: Option<String>,
+    /// The retention policy (TOML, as `kiln registry prune --policy`) of the scheduled prune;
+    /// default: keep 10 tagged images per repository, delete untagged ones after 14 days.
+    #[arg(long, env = "KILN_REGISTRY_PRUNE_POLICY")]
+    pub(crate) registry_prune_policy: Option<PathBuf>,
 }
 
 /// Settings and prerequisites, validated.
@@ -39,6 +46,8 @@ pub(crate) struct UpConfig {
     pub(crate) runsc: PathBuf,
     /// Where template images come from (`ARTIFACTS_REGISTRY_PROVIDER` and its settings).
     pub(crate) images: std::sync::Arc<registry::Images>,
+    /// The scheduled registry prune, when configured.
+    pub(crate) registry_prune: Option<crate::cli::registry::ScheduledPrune>,
 }
 
 impl UpArgs {
@@ -88,6 +97,11 @@ impl UpArgs {
             })
             .ok()
             .map(std::sync::Arc::new);
+        let registry_prune = crate::cli::registry::ScheduledPrune::from_settings(
+            self.registry_prune_interval.as_deref(),
+            self.registry_prune_policy.as_deref(),
+            &mut problems,
+        );
         if !problems.is_empty() {
             anyhow::bail!(
                 "cannot start, {} problem(s):\n  - {}",
@@ -101,6 +115,7 @@ impl UpArgs {
                 envd,
                 runsc,
                 images,
+                registry_prune,
             }),
             _ => anyhow::bail!("cannot start: envd, runsc or the registry settings are missing"),
         }

@@ -31,6 +31,9 @@ enum Command {
     /// Images in the local image store (`ARTIFACTS_REGISTRY_PROVIDER=Local`).
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The image registry: repositories, retention (prune), settings check.
+    #[command(subcommand)]
+    Registry(cli::registry::RegistryCommand),
 }
 
 #[derive(Subcommand)]
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
             Command::Up(up) => up::run(up).await,
             Command::Sandbox(command) => cli::sandbox(command).await,
             Command::Template(command) => cli::template(command).await,
+            Command::Registry(command) => cli::registry::run(command).await,
             Command::Image(ImageCommand::Import { path, name }) => {
                 let home = std::path::PathBuf::from(
                     std::env::var("KILN_HOME").unwrap_or_else(|_| "/var/lib/kiln".into()),

@@ -20,7 +20,7 @@ use tokio::{net::TcpListener, signal::unix::SignalKind};
 const API_KEY_FILE: &str = "secrets/api-key";
 
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let config = args.validate()?;
+    let mut config = args.validate()?;
     let home = config.args.home.clone();
     std::fs::create_dir_all(home.join("secrets"))
         .with_context(|| format!("creating {}", home.display()))?;
@@ -110,6 +110,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             }
         })
     };
+    let registry_prune = config.registry_prune.take().map(|prune| prune.spawn());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -140,6 +141,9 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&env_file);
     let _ = stop_tx.send(true);
     reaper.abort();
+    if let Some(prune) = registry_prune {
+        prune.abort();
+    }
     orchestrator.kill_all().await;
     for server in [api_server, proxy_server] {
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;

@@ -34,6 +34,8 @@ pub(crate) struct ProviderAuth {
     pub(crate) host: String,
     pub(crate) auth: Arc<dyn AuthSource>,
     pub(crate) plain_http: bool,
+    /// Images live under this repository prefix (OCIR's `<namespace>/<repository>`).
+    pub(crate) prefix: Option<String>,
 }
 
 pub(crate) struct Parsed {
@@ -63,6 +65,37 @@ impl Env<'_> {
             None => {
                 self.errors.push(format!(
                     "{key} is required for ARTIFACTS_REGISTRY_PROVIDER={} ({what})",
+                    self.provider
+                ));
+                String::new()
+            }
+        }
+    }
+
+    /// A secret from variable `key`, or from the file named by `file_key` (which must not be
+    /// readable by group or others). Errors name the variables and the file, never the secret.
+    fn secret(&mut self, key: &str, file_key: &str) -> Option<String> {
+        if let Some(value) = self.get(key) {
+            return Some(value);
+        }
+        let path = self.get(file_key)?;
+        match crate::lifecycle::read_secret_file(Path::new(&path)) {
+            Ok(secret) => Some(secret),
+            Err(reason) => {
+                self.errors.push(format!("{file_key}: {reason}"));
+                // Reported; not "missing" as well.
+                Some(String::new())
+            }
+        }
+    }
+
+    /// [`Env::secret`] the provider needs; records an error when neither variable is set.
+    fn require_secret(&mut self, key: &str, file_key: &str, what: &str) -> String {
+        match self.secret(key, file_key) {
+            Some(value) => value,
+            None => {
+                self.errors.push(format!(
+                    "{key} or {file_key} is required for ARTIFACTS_REGISTRY_PROVIDER={} ({what})",
                     self.provider
                 ));
                 String::new()
@@ -136,6 +169,7 @@ pub(crate) fn parse(
             host: registry.host().to_string(),
             auth: registry.auth_source(),
             plain_http,
+            prefix: registry.prefix().map(str::to_string),
         };
         (
             Box::new(registry.plain_http(plain_http)) as Box<dyn Registry>,
@@ -157,7 +191,10 @@ pub(crate) fn parse(
                 "host[:port][/prefix] of the registry",
             );
             let username = env.get("ARTIFACTS_REGISTRY_USERNAME");
-            let password = env.get("ARTIFACTS_REGISTRY_PASSWORD");
+            let password = env.secret(
+                "ARTIFACTS_REGISTRY_PASSWORD",
+                "ARTIFACTS_REGISTRY_PASSWORD_FILE",
+            );
             let credentials = match (username, password) {
                 (Some(username), Some(password)) => Credentials::Basic { username, password },
                 (None, None) => Credentials::Anonymous,
@@ -208,7 +245,11 @@ pub(crate) fn parse(
                 "repository prefix images live under",
             );
             let username = env.require("OCIR_USERNAME", "<namespace>/<user>");
-            let password = env.require("OCIR_PASSWORD", "an auth token of that user");
+            let password = env.require_secret(
+                "OCIR_PASSWORD",
+                "OCIR_PASSWORD_FILE",
+                "an auth token of that user",
+            );
             env.check(
                 "OCI_REGION",
                 &region,

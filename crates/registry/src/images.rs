@@ -96,8 +96,11 @@ impl Images {
     /// | `OCIR_FALLBACK_BASE_IMAGE` | image used for a missing short name (default `python:3.10-slim`) |
     /// | `KILN_INSECURE_REGISTRIES` | comma-separated `host[:port]`s spoken to over plain HTTP (loopback always is) |
     /// | `DOCKER_CONFIG` | directory of the docker `config.json` for direct pulls (default `/root/.docker`) |
-    /// | `ARTIFACTS_REGISTRY_URL`, `ARTIFACTS_REGISTRY_USERNAME`, `ARTIFACTS_REGISTRY_PASSWORD` | `Registry` |
-    /// | `OCI_REGION`, `OCI_NAMESPACE`, `OCI_CONTAINER_REPOSITORY_NAME`, `OCIR_USERNAME`, `OCIR_PASSWORD` | `OCI_OCIR` |
+    /// | `ARTIFACTS_REGISTRY_URL`, `ARTIFACTS_REGISTRY_USERNAME`, `ARTIFACTS_REGISTRY_PASSWORD` or `ARTIFACTS_REGISTRY_PASSWORD_FILE` | `Registry` |
+    /// | `OCI_REGION`, `OCI_NAMESPACE`, `OCI_CONTAINER_REPOSITORY_NAME`, `OCIR_USERNAME`, `OCIR_PASSWORD` or `OCIR_PASSWORD_FILE` | `OCI_OCIR` |
+    ///
+    /// A `…_FILE` names a file only its owner may read (mode 0600); one readable by group or
+    /// others is refused.
     /// | `AWS_REGION`, `AWS_ACCOUNT_ID`, `AWS_DOCKER_REPOSITORY_NAME`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` | `AWS_ECR` |
     /// | `GCP_REGION`, `GCP_PROJECT_ID`, `GCP_DOCKER_REPOSITORY_NAME`, `GOOGLE_APPLICATION_CREDENTIALS` or `GCP_ACCESS_TOKEN` (wins when both are set) | `GCP_ARTIFACTS` |
     pub fn from_env(kiln_home: &Path, cache_dir: &Path) -> Result<Images, ConfigErrors> {

@@ -12,6 +12,8 @@
 //!   registry, also OCIR, ECR and Artifact Registry with their credentials) and [`LocalStore`]
 //!   (an OCI image-layout directory, filled by [`import`]).
 //! - [`BlobCache`], the verified blob cache: `<cache_dir>/blobs/sha256/<hex>`.
+//! - [`lifecycle`]: what a registry holds, and retention policies that delete what is not kept
+//!   (`kiln registry repos|prune|check`).
 //!
 //! Invariants:
 //! - A file in the blob cache has exactly the bytes its digest names: blobs are written to a
@@ -30,6 +32,7 @@ mod ecr;
 mod error;
 mod gcp;
 mod images;
+pub mod lifecycle;
 mod local;
 mod oci;
 mod reference;

@@ -433,7 +433,7 @@ fn to_registry_auth(credentials: &Credentials) -> RegistryAuth {
 }
 
 /// Registry error bodies can be whole HTML pages.
-fn truncate(text: &str) -> String {
+pub(crate) fn truncate(text: &str) -> String {
     let text = text.trim();
     match text.char_indices().nth(300) {
         Some((cut, _)) => format!("{}…", &text[..cut]),

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod lifecycle;
 
 use common::*;
 use registry::{

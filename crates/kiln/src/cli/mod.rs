@@ -1,5 +1,7 @@
 //! The CLI for people: talks to Kiln's API with the key from `$KILN_HOME/env`.
 
+pub(crate) mod registry;
+
 use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{Value, json};

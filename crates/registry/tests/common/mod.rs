@@ -66,12 +66,17 @@ impl TestRegistry {
     /// Starts a registry; with `user`, it requires Basic auth (`htpasswd`, bcrypt) as that user.
     /// `None` (skip) only when the registry cannot be installed or started.
     pub async fn start(user: Option<(&str, &str)>) -> Option<TestRegistry> {
+        TestRegistry::start_with(user, true).await
+    }
+
+    /// [`TestRegistry::start`], with manifest deletes enabled or not.
+    pub async fn start_with(user: Option<(&str, &str)>, deletes: bool) -> Option<TestRegistry> {
         let bin = registry_binary()?;
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let host = format!("127.0.0.1:{port}");
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n  secret: kiln-test\n",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: {deletes}\nhttp:\n  addr: {host}\n  secret: kiln-test\n",
             dir.path().join("data").display()
         );
         if let Some((name, password)) = user {
@@ -121,6 +126,28 @@ impl TestRegistry {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Bytes of every blob the registry stores (manifests, configs, layers), as on disk.
+    pub fn blob_bytes_on_disk(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .map(|e| e.unwrap().path())
+                .map(|p| {
+                    if p.is_dir() {
+                        walk(&p)
+                    } else if p.file_name().is_some_and(|n| n == "data") {
+                        std::fs::metadata(&p).unwrap().len()
+                    } else {
+                        0
+                    }
+                })
+                .sum()
+        }
+        walk(&self.dir.path().join("data/docker/registry/v2/blobs"))
     }
 
     /// Where the registry keeps blob `digest`'s bytes (to prove a pull does not fetch it).
@@ -193,6 +220,21 @@ impl TestImage {
             "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| sha256(l)).collect::<Vec<_>>()},
         }))
         .unwrap();
+        TestImage::assemble(layers, config, arch)
+    }
+
+    /// An image created at `created` (RFC 3339, in its config) of a base layer every such
+    /// image shares and one layer of its own, for retention tests.
+    pub fn created(marker: &str, arch: &str, created: &str) -> TestImage {
+        let base = layer(&[("etc/os-release", b"ID=kiln-test\n")]);
+        let own = layer(&[("etc/marker", marker.as_bytes())]);
+        let image = TestImage::with_layers(marker, arch, vec![base, own]);
+        let mut config: serde_json::Value = serde_json::from_slice(&image.config).unwrap();
+        config["created"] = created.into();
+        TestImage::assemble(image.layers, serde_json::to_vec(&config).unwrap(), arch)
+    }
+
+    fn assemble(layers: Vec<Vec<u8>>, config: Vec<u8>, arch: &str) -> TestImage {
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
