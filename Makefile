@@ -83,6 +83,7 @@ sdk-js: build deps
 e2e-python: host-packages test-packages build deps
 	KILN_ENVD=$(STATIC_ENVD) $(PYTHON) -m pytest -p no:cacheprovider -q tests/e2e/python
 	KILN_ENVD=$(STATIC_ENVD) $(PYTHON) -m pytest -p no:cacheprovider -q tests/e2e/recovery
+	KILN_ENVD=$(STATIC_ENVD) $(PYTHON) -m pytest -p no:cacheprovider -q tests/e2e/persistence
 
 e2e-js: host-packages build deps
 	cd $(JS_DIR) && KILN_ENVD=../../../$(STATIC_ENVD) node --test --test-concurrency=1 --test-reporter=spec kiln.test.mjs

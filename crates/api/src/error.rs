@@ -62,6 +62,8 @@ impl From<orchestrator::SandboxError> for ApiError {
         let status = match &error {
             SandboxError::LimitReached { .. } => StatusCode::TOO_MANY_REQUESTS,
             SandboxError::NotFound(_) => StatusCode::NOT_FOUND,
+            SandboxError::Busy { .. } => StatusCode::CONFLICT,
+            SandboxError::Refused(_) => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, error.to_string())

@@ -11,6 +11,7 @@
 pub mod builds;
 pub mod error;
 pub mod extract;
+pub mod lifecycle;
 pub mod routes;
 pub mod store;
 pub mod wire;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub orchestrator: Arc<orchestrator::Orchestrator>,
     pub templates: template::TemplateStore,
     pub builds: builds::Builds,
+    /// Pause, resume and timeouts of sandboxes.
+    pub lifecycle: lifecycle::Lifecycle,
     /// Signs build-context upload links (random per start: links live an hour).
     pub upload_key: Arc<[u8]>,
 }

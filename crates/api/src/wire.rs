@@ -2,7 +2,7 @@
 //! and nowhere else.
 
 use crate::store::{BuildRecord, TemplateRecord};
-use orchestrator::Sandbox;
+use orchestrator::{PausedSandbox, Sandbox};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
@@ -20,8 +20,48 @@ pub struct NewSandbox {
     pub env_vars: BTreeMap<String, String>,
     pub secure: Option<bool>,
     pub auto_pause: Option<bool>,
+    /// `false` asks for filesystem-only pauses; Kiln always keeps memory too (a superset).
+    pub auto_pause_memory: Option<bool>,
+    pub auto_resume: Option<AutoResume>,
     #[serde(rename = "allow_internet_access")]
     pub allow_internet_access: Option<bool>,
+}
+
+/// `{"enabled": bool}`.
+#[derive(Deserialize, Debug, Default)]
+pub struct AutoResume {
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+impl NewSandbox {
+    pub fn lifecycle(&self) -> orchestrator::Lifecycle {
+        orchestrator::Lifecycle {
+            auto_pause: self.auto_pause.unwrap_or(false),
+            auto_resume: self.auto_resume.as_ref().is_some_and(|a| a.enabled),
+        }
+    }
+}
+
+/// `SandboxDetail.lifecycle`: the SDK needs both fields when the object is present.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleInfo {
+    pub on_timeout: &'static str,
+    pub auto_resume: bool,
+}
+
+impl From<orchestrator::Lifecycle> for LifecycleInfo {
+    fn from(lifecycle: orchestrator::Lifecycle) -> Self {
+        LifecycleInfo {
+            on_timeout: if lifecycle.auto_pause {
+                "pause"
+            } else {
+                "kill"
+            },
+            auto_resume: lifecycle.auto_resume,
+        }
+    }
 }
 
 /// `Sandbox` (create and connect responses).
@@ -84,6 +124,8 @@ pub struct SandboxInfo {
     pub envd_access_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_internet_access: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleInfo>,
 }
 
 impl SandboxInfo {
@@ -104,6 +146,7 @@ impl SandboxInfo {
             volume_mounts: Vec::new(),
             envd_access_token: None,
             allow_internet_access: None,
+            lifecycle: None,
         }
     }
 
@@ -111,7 +154,38 @@ impl SandboxInfo {
         SandboxInfo {
             envd_access_token: sandbox.access_token.clone(),
             allow_internet_access: Some(sandbox.allow_internet_access.unwrap_or(true)),
+            lifecycle: Some(sandbox.lifecycle.into()),
             ..Self::listed(sandbox)
+        }
+    }
+
+    /// A paused sandbox: it ended when it was paused.
+    pub fn paused(sandbox: &PausedSandbox) -> Self {
+        SandboxInfo {
+            template_id: sandbox.template_id.clone(),
+            alias: sandbox.alias.clone(),
+            sandbox_id: sandbox.id.clone(),
+            client_id: "paused".into(),
+            started_at: sandbox.started_at,
+            end_at: sandbox.paused_at,
+            cpu_count: sandbox.cpu_count,
+            memory_mb: sandbox.memory_mb,
+            disk_size_mb: sandbox.disk_mb,
+            metadata: sandbox.metadata.clone(),
+            state: "paused",
+            envd_version: sandbox.envd_version.clone(),
+            volume_mounts: Vec::new(),
+            envd_access_token: None,
+            allow_internet_access: None,
+            lifecycle: None,
+        }
+    }
+
+    pub fn paused_detail(sandbox: &PausedSandbox) -> Self {
+        SandboxInfo {
+            allow_internet_access: Some(sandbox.allow_internet_access.unwrap_or(true)),
+            lifecycle: Some(sandbox.lifecycle.into()),
+            ..Self::paused(sandbox)
         }
     }
 }

@@ -48,6 +48,8 @@ pub(crate) struct UpConfig {
     pub(crate) images: std::sync::Arc<registry::Images>,
     /// The scheduled registry prune, when configured.
     pub(crate) registry_prune: Option<crate::cli::registry::ScheduledPrune>,
+    /// Where template builds and snapshots are stored (`STORAGE_PROVIDER` and its settings).
+    pub(crate) storage: storage::StorageConfig,
 }
 
 impl UpArgs {
@@ -102,6 +104,11 @@ impl UpArgs {
             self.registry_prune_policy.as_deref(),
             &mut problems,
         );
+        let storage = storage::StorageConfig::from_env(&self.home, |key| std::env::var(key).ok())
+            .map_err(|errors| {
+                problems.extend(errors.to_string().lines().map(str::to_owned));
+            })
+            .ok();
         if !problems.is_empty() {
             anyhow::bail!(
                 "cannot start, {} problem(s):\n  - {}",
@@ -109,15 +116,18 @@ impl UpArgs {
                 problems.join("\n  - ")
             );
         }
-        match (envd, runsc, images) {
-            (Some(envd), Some(runsc), Some(images)) => Ok(UpConfig {
+        match (envd, runsc, images, storage) {
+            (Some(envd), Some(runsc), Some(images), Some(storage)) => Ok(UpConfig {
                 args: self,
                 envd,
                 runsc,
                 images,
                 registry_prune,
+                storage,
             }),
-            _ => anyhow::bail!("cannot start: envd, runsc or the registry settings are missing"),
+            _ => anyhow::bail!(
+                "cannot start: envd, runsc, the registry or the storage settings are missing"
+            ),
         }
     }
 }

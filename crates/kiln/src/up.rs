@@ -18,6 +18,8 @@ use tokio::{net::TcpListener, signal::unix::SignalKind};
 
 /// File with the default team's API key, readable by root only.
 const API_KEY_FILE: &str = "secrets/api-key";
+/// Keys the sandboxes' envd access tokens; stable across restarts so paused sandboxes keep theirs.
+const TOKEN_SEED_FILE: &str = "secrets/sandbox-token-seed";
 
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut config = args.validate()?;
@@ -49,7 +51,11 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         .trim()
         .to_owned();
 
-    let orchestrator = Arc::new(orchestrator(&config)?);
+    let storage = storage::Storage::from_config(&config.storage)
+        .context("opening the template and snapshot storage")?;
+    tracing::info!(storage = %storage.describe(), "storage ready");
+    let token_seed = token_seed(&home.join(TOKEN_SEED_FILE))?;
+    let orchestrator = Arc::new(orchestrator(&config, &token_seed)?);
     let removed = orchestrator
         .reconcile()
         .await
@@ -79,6 +85,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         envd: config.envd.clone(),
         files: home.join("cache/files"),
         work: home.join("cache/build"),
+        storage: storage.clone(),
     });
     let builds = api::builds::Builds::new(store.clone(), builder, home.join("logs/builds"))
         .context("preparing template builds")?;
@@ -91,29 +98,49 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let proxy_listener = TcpListener::bind(config.args.proxy_addr)
         .await
         .with_context(|| format!("binding the proxy on {}", config.args.proxy_addr))?;
+    let lifecycle = api::lifecycle::Lifecycle::new(
+        store.clone(),
+        orchestrator.clone(),
+        templates.clone(),
+        storage.clone(),
+        &home.join("cache"),
+    );
+    let publishing = tokio::spawn(publish_missing(
+        templates.clone(),
+        storage.clone(),
+        home.join("cache/build/publish"),
+    ));
     let api = api::router(api::AppState {
         store,
         orchestrator: orchestrator.clone(),
         templates,
         builds,
+        lifecycle: lifecycle.clone(),
         upload_key: Arc::from(upload_key.as_slice()),
     });
-    let proxy = proxy::router(orchestrator.clone());
+    let proxy = proxy::router(
+        orchestrator.clone(),
+        Arc::new(ProxyResume(lifecycle.clone())),
+    );
 
-    let reaper = {
-        let orchestrator = orchestrator.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                orchestrator.kill_expired().await;
-            }
-        })
-    };
     let registry_prune = config.registry_prune.take().map(|prune| prune.spawn());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
+    };
+    // Expiry: stops between rounds at shutdown, never in the middle of a pause or kill.
+    let reaper = {
+        let lifecycle = lifecycle.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => lifecycle.expire().await,
+                    _ = stop.changed() => break,
+                }
+            }
+        })
     };
     let api_server = tokio::spawn(
         axum::serve(api_listener, api)
@@ -140,10 +167,11 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down: killing sandboxes");
     let _ = std::fs::remove_file(&env_file);
     let _ = stop_tx.send(true);
-    reaper.abort();
+    let _ = reaper.await;
     if let Some(prune) = registry_prune {
         prune.abort();
     }
+    publishing.abort();
     orchestrator.kill_all().await;
     for server in [api_server, proxy_server] {
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
@@ -152,7 +180,63 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn orchestrator(config: &UpConfig) -> anyhow::Result<Orchestrator> {
+/// The proxy's way to resume paused sandboxes.
+struct ProxyResume(api::lifecycle::Lifecycle);
+
+#[async_trait::async_trait]
+impl proxy::AutoResume for ProxyResume {
+    async fn resume(&self, sandbox_id: &str) -> Option<Result<Arc<orchestrator::Sandbox>, String>> {
+        self.0
+            .auto_resume(sandbox_id)
+            .await
+            .map(|result| result.map_err(|error| error.message))
+    }
+}
+
+/// Stores every local template build that storage does not have yet (the base template, and
+/// builds from before storage was configured), so other nodes and resumes can fetch them.
+async fn publish_missing(
+    templates: TemplateStore,
+    storage: storage::Storage,
+    scratch: std::path::PathBuf,
+) {
+    let Ok(list) = templates.list() else { return };
+    for template in list {
+        match template::publish::is_published(&storage, &template).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(template = %template.id, %error, "checking whether a template is stored");
+                continue;
+            }
+        }
+        let dir = templates.dir().join(&template.id);
+        match template::publish::publish(&storage, &dir, &template, &scratch).await {
+            Ok(()) => {
+                tracing::info!(template = %template.id, build = %template.build_id, "template build stored")
+            }
+            Err(error) => {
+                tracing::warn!(template = %template.id, %error, "storing a template build")
+            }
+        }
+    }
+}
+
+/// The token seed in `path` (0600), made on first start.
+fn token_seed(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if let Ok(seed) = std::fs::read(path)
+        && seed.len() >= 32
+    {
+        return Ok(seed);
+    }
+    let mut seed = [0u8; 32];
+    rand::fill(&mut seed);
+    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    write_secret(path, &hex)?;
+    Ok(hex.into_bytes())
+}
+
+fn orchestrator(config: &UpConfig, token_seed: &[u8]) -> anyhow::Result<Orchestrator> {
     let home = &config.args.home;
     let runsc = Runsc {
         binary: config.runsc.clone(),
@@ -160,7 +244,11 @@ fn orchestrator(config: &UpConfig) -> anyhow::Result<Orchestrator> {
         log_dir: home.join("logs"),
     };
     let runtime = GvisorRuntime::new(runsc).context("preparing the gVisor runtime")?;
-    Ok(Orchestrator::new(Arc::new(runtime), home.join("sandboxes")))
+    Ok(Orchestrator::new(
+        Arc::new(runtime),
+        home.join("sandboxes"),
+        token_seed,
+    ))
 }
 
 async fn ensure_base(

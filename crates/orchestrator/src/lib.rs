@@ -5,16 +5,24 @@
 //!   removes whatever a crash left behind.
 //! - [`runtime`]: the seam to what isolates a sandbox ([`runtime::gvisor`] today).
 //! - [`envd`]: the host side of the host channel (HTTP over envd's Unix socket).
+//! - [`pause`]: pausing a sandbox to a checkpoint image ([`PausedSandbox`] says what it was)
+//!   and resuming it with the same id, token and processes. Storing the image is the caller's.
 //!
 //! Architecture invariant: only this crate runs `runsc`, and it knows nothing about HTTP APIs,
 //! teams' keys or the database: callers pass in everything a sandbox needs.
 
 pub mod envd;
+pub mod pause;
 pub mod runtime;
 
+pub use pause::PausedSandbox;
+
 use envd::{EnvdClient, EnvdError, InitRequest};
+use hmac::{Hmac, Mac};
 use rand::Rng;
 use runtime::{Limits, Runtime, RuntimeError};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
@@ -31,6 +39,8 @@ const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 #[derive(Clone, Debug)]
 pub struct TemplateImage {
     pub id: String,
+    /// The build the root filesystem and image belong to (a paused sandbox needs that build).
+    pub build_id: String,
     pub alias: Option<String>,
     pub rootfs: PathBuf,
     pub image: PathBuf,
@@ -57,6 +67,18 @@ pub struct NewSandbox {
     pub allow_internet_access: Option<bool>,
     /// The most sandboxes the team may have at once.
     pub team_limit: u32,
+    pub lifecycle: Lifecycle,
+}
+
+/// What happens when a sandbox times out, and to a paused one on traffic (E2B's `autoPause`,
+/// `autoResume`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    /// Pause instead of kill on timeout.
+    pub auto_pause: bool,
+    /// Resume a paused sandbox on the first request the proxy gets for it.
+    pub auto_resume: bool,
 }
 
 /// A running sandbox.
@@ -67,6 +89,7 @@ pub struct Sandbox {
     pub client_id: String,
     pub team_id: String,
     pub template_id: String,
+    pub build_id: String,
     pub alias: Option<String>,
     pub started_at: OffsetDateTime,
     end_at: Mutex<OffsetDateTime>,
@@ -77,6 +100,9 @@ pub struct Sandbox {
     pub envd_version: String,
     pub access_token: Option<String>,
     pub allow_internet_access: Option<bool>,
+    pub lifecycle: Lifecycle,
+    /// The template root filesystem it runs on.
+    rootfs: PathBuf,
     dir: PathBuf,
 }
 
@@ -105,6 +131,11 @@ pub enum SandboxError {
     LimitReached { limit: u32 },
     #[error("sandbox '{0}' not found")]
     NotFound(String),
+    /// Another operation (pause, resume, kill) is under way.
+    #[error("sandbox '{id}' is {state}")]
+    Busy { id: String, state: &'static str },
+    #[error("{0}")]
+    Refused(String),
     #[error("starting the sandbox: {0}")]
     Runtime(#[from] RuntimeError),
     #[error("initializing envd: {0}")]
@@ -124,17 +155,55 @@ pub struct Orchestrator {
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
     /// Creations in flight per team, counted against the team's limit.
     creating: Mutex<HashMap<String, u32>>,
+    /// Sandboxes being paused, resumed or killed, and which of these.
+    transitions: Mutex<HashMap<String, &'static str>>,
+    /// Key of the envd access tokens: a sandbox's token is derived from its id, so a resumed
+    /// sandbox gets its token back without it being stored anywhere.
+    token_seed: Arc<[u8]>,
 }
 
 impl Orchestrator {
-    pub fn new(runtime: Arc<dyn Runtime>, sandboxes_dir: PathBuf) -> Self {
+    /// `token_seed` keys the envd access tokens; keep it secret and stable across restarts,
+    /// or paused sandboxes come back with tokens their SDK clients do not know.
+    pub fn new(runtime: Arc<dyn Runtime>, sandboxes_dir: PathBuf, token_seed: &[u8]) -> Self {
         Orchestrator {
             runtime,
             sandboxes_dir,
             node_id: random_id(8),
             sandboxes: Mutex::default(),
             creating: Mutex::default(),
+            transitions: Mutex::default(),
+            token_seed: Arc::from(token_seed),
         }
+    }
+
+    /// The envd access token of sandbox `id` (E2B's `hex(HMAC-SHA256(seed, sandboxID))`).
+    fn access_token(&self, id: &str) -> String {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.token_seed) else {
+            unreachable!("HMAC takes keys of any length")
+        };
+        mac.update(id.as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Marks `id` as in `state` until the guard drops; fails if another operation holds it.
+    fn transition(&self, id: &str, state: &'static str) -> Result<Transition<'_>, SandboxError> {
+        let mut transitions = self.transitions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = transitions.get(id) {
+            return Err(SandboxError::Busy {
+                id: id.to_owned(),
+                state: current,
+            });
+        }
+        transitions.insert(id.to_owned(), state);
+        Ok(Transition {
+            orchestrator: self,
+            id: id.to_owned(),
+        })
     }
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
@@ -195,7 +264,7 @@ impl Orchestrator {
             self.runtime
                 .restore(&id, &template.rootfs, &template.image, &dir, limits)
                 .await?;
-            let access_token = new.secure.then(|| random_hex(32));
+            let access_token = new.secure.then(|| self.access_token(&id));
             let mut env_vars = template.env_vars.clone();
             env_vars.extend(new.env_vars.clone());
             let init = InitRequest {
@@ -225,6 +294,7 @@ impl Orchestrator {
             client_id: self.node_id.clone(),
             team_id: new.team_id.clone(),
             template_id: template.id.clone(),
+            build_id: template.build_id.clone(),
             alias: template.alias.clone(),
             started_at: now,
             end_at: Mutex::new(now + new.timeout),
@@ -235,6 +305,8 @@ impl Orchestrator {
             envd_version: template.envd_version.clone(),
             access_token,
             allow_internet_access: new.allow_internet_access,
+            lifecycle: new.lifecycle,
+            rootfs: template.rootfs.clone(),
             dir,
         }))
     }
@@ -295,6 +367,7 @@ impl Orchestrator {
 
     /// Kills a sandbox: its processes, its container and its files. `Ok(false)` if unknown.
     pub async fn kill(&self, id: &str) -> Result<bool, SandboxError> {
+        let _transition = self.transition(id, "being killed")?;
         let Some(sandbox) = self.lock().remove(id) else {
             return Ok(false);
         };
@@ -307,21 +380,14 @@ impl Orchestrator {
         Ok(true)
     }
 
-    /// Kills every sandbox whose time is up.
-    pub async fn kill_expired(&self) {
+    /// Every sandbox whose time is up (the caller pauses or kills them per their lifecycle).
+    pub fn expired(&self) -> Vec<Arc<Sandbox>> {
         let now = OffsetDateTime::now_utc();
-        let expired: Vec<String> = self
-            .lock()
+        self.lock()
             .values()
             .filter(|s| s.end_at() <= now)
-            .map(|s| s.id.clone())
-            .collect();
-        for id in expired {
-            tracing::info!(sandbox = %id, "sandbox timed out");
-            if let Err(error) = self.kill(&id).await {
-                tracing::error!(sandbox = %id, %error, "killing an expired sandbox");
-            }
-        }
+            .cloned()
+            .collect()
     }
 
     /// Kills every sandbox (shutdown).
@@ -336,6 +402,22 @@ impl Orchestrator {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Sandbox>>> {
         self.sandboxes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An operation in progress on a sandbox ([`Orchestrator::transition`]).
+struct Transition<'a> {
+    orchestrator: &'a Orchestrator,
+    id: String,
+}
+
+impl Drop for Transition<'_> {
+    fn drop(&mut self) {
+        self.orchestrator
+            .transitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
     }
 }
 

@@ -5,6 +5,9 @@
 //! socket; any other port goes through a `CONNECT 127.0.0.1:<port>` tunnel that envd relays
 //! inside the sandbox. Bodies stream both ways unbuffered.
 //!
+//! A request for a sandbox that is not running goes to [`AutoResume`] first: a paused sandbox
+//! that asked for it (`autoResume`) is resumed and the request then forwarded.
+//!
 //! Architecture invariant: host-only envd paths (`/init`, `/_kiln/*`) are never forwarded.
 
 pub mod route;
@@ -19,12 +22,30 @@ use envd_proto::host::{ENVD_PORT, is_internal_path};
 use http::{StatusCode, header};
 use hyper_util::rt::TokioIo;
 use orchestrator::Orchestrator;
+use orchestrator::Sandbox;
 use std::sync::Arc;
 use tokio::net::UnixStream;
 
+/// Resumes paused sandboxes on traffic (the API's lifecycle implements it).
+#[async_trait::async_trait]
+pub trait AutoResume: Send + Sync {
+    /// `None` when `sandbox_id` is not a paused sandbox that asked to be auto-resumed;
+    /// otherwise the resumed sandbox or why resuming it failed.
+    async fn resume(&self, sandbox_id: &str) -> Option<Result<Arc<Sandbox>, String>>;
+}
+
+#[derive(Clone)]
+struct ProxyState {
+    orchestrator: Arc<Orchestrator>,
+    auto_resume: Arc<dyn AutoResume>,
+}
+
 /// The proxy's router: every request goes to [`forward`].
-pub fn router(orchestrator: Arc<Orchestrator>) -> Router {
-    Router::new().fallback(forward).with_state(orchestrator)
+pub fn router(orchestrator: Arc<Orchestrator>, auto_resume: Arc<dyn AutoResume>) -> Router {
+    Router::new().fallback(forward).with_state(ProxyState {
+        orchestrator,
+        auto_resume,
+    })
 }
 
 fn sandbox_error(status: StatusCode, sandbox_id: &str, message: &str) -> Response {
@@ -36,7 +57,7 @@ fn sandbox_error(status: StatusCode, sandbox_id: &str, message: &str) -> Respons
 const NOT_FOUND: &str = "The sandbox was not found";
 const PORT_CLOSED: &str = "The sandbox is running but port is not open";
 
-async fn forward(State(orchestrator): State<Arc<Orchestrator>>, request: Request) -> Response {
+async fn forward(State(state): State<ProxyState>, request: Request) -> Response {
     let host = request
         .headers()
         .get(header::HOST)
@@ -48,8 +69,19 @@ async fn forward(State(orchestrator): State<Arc<Orchestrator>>, request: Request
         Ok(target) => target,
         Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
     };
-    let Some(sandbox) = orchestrator.get(&target.sandbox_id) else {
-        return sandbox_error(StatusCode::BAD_GATEWAY, &target.sandbox_id, NOT_FOUND);
+    let sandbox = match state.orchestrator.get(&target.sandbox_id) {
+        Some(sandbox) => sandbox,
+        None => match state.auto_resume.resume(&target.sandbox_id).await {
+            Some(Ok(sandbox)) => sandbox,
+            Some(Err(message)) => {
+                return sandbox_error(
+                    StatusCode::BAD_GATEWAY,
+                    &target.sandbox_id,
+                    &format!("The sandbox is paused and resuming it failed: {message}"),
+                );
+            }
+            None => return sandbox_error(StatusCode::BAD_GATEWAY, &target.sandbox_id, NOT_FOUND),
+        },
     };
     if target.port == ENVD_PORT && is_internal_path(request.uri().path()) {
         return sandbox_error(

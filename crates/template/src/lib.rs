@@ -2,7 +2,9 @@
 //!
 //! A template lives in `<templates>/<id>/`: `template.json` ([`Template`]), `rootfs/` (its root
 //! filesystem, never modified by sandboxes) and `snapshot/` (the runtime's checkpoint of it
-//! booted, envd quiesced). [`TemplateStore`] finds them; [`base`] builds the `base` template.
+//! booted, envd quiesced). [`TemplateStore`] finds them; [`base`] builds the `base` template;
+//! [`build`] builds templates from requests; [`publish`] stores builds in object storage and
+//! fetches them back.
 //!
 //! Invariant: a template directory is complete or absent. Builds happen in a `*.building`
 //! directory renamed into place at the end, so a failed build leaves the previous one serving.
@@ -11,6 +13,7 @@ pub mod base;
 pub mod build;
 pub mod guest;
 pub mod layers;
+pub mod publish;
 
 use orchestrator::TemplateImage;
 use serde::{Deserialize, Serialize};
@@ -152,6 +155,7 @@ impl TemplateStore {
         let dir = self.dir.join(&template.id);
         TemplateImage {
             id: template.id.clone(),
+            build_id: template.build_id.clone(),
             alias: template.aliases.first().cloned(),
             rootfs: dir.join("rootfs"),
             image: dir.join("snapshot"),

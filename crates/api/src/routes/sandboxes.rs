@@ -1,4 +1,5 @@
-//! Sandboxes: create, list, inspect, extend, kill, metrics, and Kiln's exec.
+//! Sandboxes: create, list, inspect, extend, kill, pause, resume/connect, metrics, and Kiln's
+//! exec.
 
 use crate::{
     AppState,
@@ -32,6 +33,8 @@ pub fn routes() -> Router<AppState> {
         .route("/sandboxes/{id}/refreshes", post(refresh))
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/v2/sandboxes/{id}/connect", post(connect))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/metrics", get(metrics))
         .route("/sandboxes/{id}/exec", post(exec))
 }
@@ -67,6 +70,7 @@ async fn create(
         .find(name)?
         .filter(|t| t.team_id.is_none() || t.team_id.as_deref() == Some(team.0.id.as_str()))
         .ok_or_else(|| ApiError::not_found(format!("template '{}' not found", body.template_id)))?;
+    let lifecycle = body.lifecycle();
     let new = orchestrator::NewSandbox {
         team_id: team.0.id.clone(),
         template: state.templates.image(&template),
@@ -76,6 +80,7 @@ async fn create(
         secure: body.secure.unwrap_or(true),
         allow_internet_access: body.allow_internet_access,
         team_limit: team.0.max_sandboxes,
+        lifecycle,
     };
     let sandbox = state.orchestrator.create(new).await?;
     Ok((
@@ -104,33 +109,55 @@ async fn list_v2(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = ListQuery::parse(query.as_deref().unwrap_or(""))?;
-    let matching: Vec<Arc<Sandbox>> = state
-        .orchestrator
-        .list()
-        .into_iter()
-        .filter(|s| s.team_id == team.0.id)
-        .filter(|_| {
-            query
-                .states
-                .as_ref()
-                .is_none_or(|states| states.iter().any(|st| st == "running"))
-        })
-        .filter(|s| {
-            query
-                .metadata
+    let wants = |st: &str| {
+        query
+            .states
+            .as_ref()
+            .is_none_or(|states| states.iter().any(|s| s == st))
+    };
+    let mut matching: Vec<SandboxInfo> = Vec::new();
+    if wants("running") {
+        matching.extend(
+            state
+                .orchestrator
+                .list()
                 .iter()
-                .all(|(k, v)| s.metadata.get(k) == Some(v))
-        })
-        .collect();
+                .filter(|s| s.team_id == team.0.id)
+                .map(|s| SandboxInfo::listed(s)),
+        );
+    }
+    if wants("paused") {
+        matching.extend(
+            state
+                .lifecycle
+                .pausing_of(&team.0.id)
+                .iter()
+                .map(SandboxInfo::paused),
+        );
+        matching.extend(
+            state
+                .store
+                .list_paused(&team.0.id)
+                .await?
+                .iter()
+                .map(|p| SandboxInfo::paused(&p.sandbox)),
+        );
+    }
+    matching.retain(|s| {
+        query
+            .metadata
+            .iter()
+            .all(|(k, v)| s.metadata.get(k) == Some(v))
+    });
+    let total = matching.len();
     let page: Vec<SandboxInfo> = matching
-        .iter()
+        .into_iter()
         .skip(query.offset)
         .take(query.limit)
-        .map(|s| SandboxInfo::listed(s))
         .collect();
     let mut response = Json(page).into_response();
     let next = query.offset + query.limit;
-    if next < matching.len()
+    if next < total
         && let Ok(value) = HeaderValue::from_str(&next.to_string())
     {
         response.headers_mut().insert("x-next-token", value);
@@ -197,21 +224,75 @@ async fn detail(
     team: AuthTeam,
     Path(id): Path<String>,
 ) -> Result<Json<SandboxInfo>, ApiError> {
-    let sandbox = owned(&state, &team, &id)?;
-    Ok(Json(SandboxInfo::detail(&sandbox)))
+    if let Ok(sandbox) = owned(&state, &team, &id) {
+        return Ok(Json(SandboxInfo::detail(&sandbox)));
+    }
+    if let Some(paused) = state
+        .lifecycle
+        .pausing(&id)
+        .filter(|p| p.team_id == team.0.id)
+    {
+        return Ok(Json(SandboxInfo::paused_detail(&paused)));
+    }
+    match state.store.paused(&id).await? {
+        Some(paused) if paused.sandbox.team_id == team.0.id => {
+            Ok(Json(SandboxInfo::paused_detail(&paused.sandbox)))
+        }
+        _ => Err(ApiError::sandbox_not_found(&id)),
+    }
 }
 
+/// Kills a running sandbox, or deletes a paused one and its snapshot.
 async fn kill(
     State(state): State<AppState>,
     team: AuthTeam,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    owned(&state, &team, &id)?;
-    if state.orchestrator.kill(&id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::sandbox_not_found(&id))
+    if owned(&state, &team, &id).is_ok() && state.orchestrator.kill(&id).await? {
+        return Ok(StatusCode::NO_CONTENT);
     }
+    if state.lifecycle.delete_paused(&id, &team.0.id).await? {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    Err(ApiError::sandbox_not_found(&id))
+}
+
+/// `POST /sandboxes/{id}/pause`: 204, or 409 when the sandbox is not running.
+async fn pause(
+    State(state): State<AppState>,
+    team: AuthTeam,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.orchestrator.get(&id).is_some() {
+        owned(&state, &team, &id)?;
+    }
+    state.lifecycle.pause(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /sandboxes/{id}/resume` (deprecated in E2B, kept for old SDKs): 201, 409 if running.
+async fn resume(
+    State(state): State<AppState>,
+    team: AuthTeam,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<TimeoutBody>,
+) -> Result<Response, ApiError> {
+    if owned(&state, &team, &id).is_ok() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("sandbox '{id}' is already running"),
+        ));
+    }
+    let timeout = seconds(body.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS), "timeout")?;
+    let sandbox = state
+        .lifecycle
+        .resume(&id, Some(&team.0.id), timeout)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SandboxCreated::from(sandbox.as_ref())),
+    )
+        .into_response())
 }
 
 async fn set_timeout(
@@ -242,20 +323,32 @@ async fn refresh(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Connect to a running sandbox: 200 and its details, extending its timeout if asked to.
+/// Connect: 200 and the details of a running sandbox (its timeout only ever extended), or 201
+/// after resuming a paused one.
 async fn connect(
     State(state): State<AppState>,
     team: AuthTeam,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<TimeoutBody>,
-) -> Result<Json<SandboxCreated>, ApiError> {
-    let sandbox = owned(&state, &team, &id)?;
-    if let Some(timeout) = body.timeout {
-        state
-            .orchestrator
-            .extend_timeout(&id, seconds(timeout, "timeout")?)?;
+) -> Result<Response, ApiError> {
+    if let Ok(sandbox) = owned(&state, &team, &id) {
+        if let Some(timeout) = body.timeout {
+            state
+                .orchestrator
+                .extend_timeout(&id, seconds(timeout, "timeout")?)?;
+        }
+        return Ok(Json(SandboxCreated::from(sandbox.as_ref())).into_response());
     }
-    Ok(Json(SandboxCreated::from(sandbox.as_ref())))
+    let timeout = seconds(body.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS), "timeout")?;
+    let sandbox = state
+        .lifecycle
+        .resume(&id, Some(&team.0.id), timeout)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SandboxCreated::from(sandbox.as_ref())),
+    )
+        .into_response())
 }
 
 async fn metrics(

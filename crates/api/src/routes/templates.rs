@@ -97,8 +97,22 @@ async fn delete(
             format!("template '{id}' has running sandboxes; kill them first"),
         ));
     }
+    if state.store.paused_of_template(&record.id).await? > 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("template '{id}' has paused sandboxes; delete them first"),
+        ));
+    }
     state.templates.remove(&record.id)?;
     state.store.delete_template(&record.id).await?;
+    if let Err(error) = state
+        .lifecycle
+        .storage()
+        .delete_prefix(&format!("templates/{}", record.id))
+        .await
+    {
+        tracing::warn!(template = %record.id, %error, "removing the template's stored builds");
+    }
     tracing::info!(template = %record.id, "template deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

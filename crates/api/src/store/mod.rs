@@ -1,8 +1,10 @@
 //! Metadata in SQLite: teams and their API keys and access tokens (hashed); templates and
-//! their builds ([`templates`]).
+//! their builds ([`templates`]); paused sandboxes ([`paused`]).
 
+mod paused;
 mod templates;
 
+pub use paused::PausedRecord;
 pub use templates::{BuildRecord, BuildStatus, TemplateRecord};
 
 use sha2::{Digest, Sha256};
@@ -33,6 +35,8 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database record: {0}")]
+    Encode(serde_json::Error),
 }
 
 #[derive(Clone, Debug)]
@@ -110,11 +114,24 @@ impl Store {
         .bind(digest(secret))
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|row| Team {
-            id: row.get(0),
-            name: row.get(1),
-            max_sandboxes: u32::try_from(row.get::<i64, _>(2)).unwrap_or(0),
-        }))
+        Ok(row.map(|row| team_of(&row)))
+    }
+
+    /// Team `id`.
+    pub async fn team(&self, id: &str) -> Result<Option<Team>, StoreError> {
+        let row = sqlx::query("SELECT id, name, max_sandboxes FROM teams WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| team_of(&row)))
+    }
+}
+
+fn team_of(row: &sqlx::sqlite::SqliteRow) -> Team {
+    Team {
+        id: row.get(0),
+        name: row.get(1),
+        max_sandboxes: u32::try_from(row.get::<i64, _>(2)).unwrap_or(0),
     }
 }
 

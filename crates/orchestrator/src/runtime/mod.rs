@@ -81,8 +81,16 @@ pub trait Runtime: Send + Sync + 'static {
         mode: BootMode,
     ) -> Result<(), RuntimeError>;
 
-    /// Checkpoints sealed sandbox `id` (files in `dir`) to `image`; it stops running.
-    async fn checkpoint(&self, id: &str, dir: &Path, image: &Path) -> Result<(), RuntimeError>;
+    /// Checkpoints sealed sandbox `id` (files in `dir`) to `image`, quiescing its envd with
+    /// `access_token`; it stops running. runsc cannot leave it running: if this fails the
+    /// sandbox may be gone, so callers check what they can (disk space) beforehand.
+    async fn checkpoint(
+        &self,
+        id: &str,
+        dir: &Path,
+        image: &Path,
+        access_token: Option<&str>,
+    ) -> Result<(), RuntimeError>;
 
     /// Boots `rootfs` sealed as sandbox `id`, checkpoints it to `image` and removes it.
     async fn snapshot(
@@ -95,7 +103,7 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> Result<(), RuntimeError> {
         let result = async {
             self.boot(id, rootfs, dir, limits, BootMode::Sealed).await?;
-            self.checkpoint(id, dir, image).await
+            self.checkpoint(id, dir, image, None).await
         }
         .await;
         let _ = self.destroy(id).await;

@@ -126,6 +126,8 @@ pub struct Builder {
     pub files: PathBuf,
     /// Layer cache and scratch space.
     pub work: PathBuf,
+    /// Where finished builds are stored ([`crate::publish`]).
+    pub storage: storage::Storage,
 }
 
 /// Removes what builds interrupted by a crash left under `work`: their overlay mounts, scratch
@@ -703,7 +705,15 @@ impl Run<'_> {
         let building = store.dir().join(format!("{}.building", job.template_id));
         let _ = std::fs::remove_dir_all(&building);
         std::fs::create_dir_all(&building).map_err(|e| fail(e.to_string()))?;
-        let result = self.snapshot(&building, &template).await;
+        let result = async {
+            self.snapshot(&building, &template).await?;
+            self.info(FINALIZE_STEP, "storing the build");
+            let scratch = self.builder.work.join("publish");
+            crate::publish::publish(&self.builder.storage, &building, &template, &scratch)
+                .await
+                .map_err(|e| fail(e.to_string()))
+        }
+        .await;
         match result {
             Ok(()) => {
                 store
@@ -755,7 +765,7 @@ impl Run<'_> {
             self.start_service(&envd, template).await?;
             self.info(FINALIZE_STEP, "taking the template snapshot");
             runtime
-                .checkpoint(&id, &dir, &building.join("snapshot"))
+                .checkpoint(&id, &dir, &building.join("snapshot"), None)
                 .await
                 .map_err(|e| fail(format!("checkpointing the template: {e}")))
         }

@@ -106,8 +106,15 @@ impl Runtime for GvisorRuntime {
         result
     }
 
-    async fn checkpoint(&self, id: &str, dir: &Path, image: &Path) -> Result<(), RuntimeError> {
+    async fn checkpoint(
+        &self,
+        id: &str,
+        dir: &Path,
+        image: &Path,
+        access_token: Option<&str>,
+    ) -> Result<(), RuntimeError> {
         EnvdClient::new(&socket_path(dir))
+            .with_token(access_token.map(str::to_owned))
             .quiesce()
             .await
             .map_err(|e| RuntimeError::Command {
