@@ -19,7 +19,7 @@ HOST_PACKAGES := runsc debootstrap util-linux procps python3-venv iproute2 nftab
 TEST_PACKAGES := docker-registry busybox-static bash-static
 KILN_HOME ?= /var/lib/kiln
 
-.PHONY: help up test lint unit sdk-python sdk-js e2e-python e2e-js build envd-static host-packages test-packages install-packages deps bench bench-envd bench-kiln bench-templates fuzz clean
+.PHONY: help up test lint unit sdk-python sdk-js e2e-python e2e-js build envd-static host-packages test-packages install-packages deps bench bench-envd bench-kiln bench-templates bench-pause bench-storage fuzz clean
 
 help:
 	@echo "make up     install host packages, build, prepare the base template, start Kiln"
@@ -88,7 +88,7 @@ e2e-python: host-packages test-packages build deps
 e2e-js: host-packages build deps
 	cd $(JS_DIR) && KILN_ENVD=../../../$(STATIC_ENVD) node --test --test-concurrency=1 --test-reporter=spec kiln.test.mjs
 
-bench: bench-envd bench-kiln bench-templates
+bench: bench-envd bench-kiln bench-templates bench-pause bench-storage
 
 bench-envd: build deps
 	$(PYTHON) bench/envd_commands.py
@@ -98,6 +98,13 @@ bench-templates: host-packages test-packages build deps
 
 bench-kiln: host-packages build deps
 	KILN_ENVD=$(STATIC_ENVD) $(PYTHON) bench/kiln_sandboxes.py
+
+bench-pause: host-packages build deps
+	KILN_ENVD=$(STATIC_ENVD) $(PYTHON) bench/pause_resume.py
+
+# Chunk-cache ranged reads vs a plain read of the same object (Local and an S3 server on loopback).
+bench-storage:
+	$(CARGO_ENV) cargo run --release --locked -p storage --example chunk_cache_bench
 
 # Coverage-guided fuzzing of the Connect decoding (libFuzzer via cargo-fuzz; the sanitizer flags
 # need RUSTC_BOOTSTRAP on a stable toolchain). FUZZ_SECONDS bounds the run.

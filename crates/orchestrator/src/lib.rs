@@ -157,6 +157,8 @@ pub struct Orchestrator {
     creating: Mutex<HashMap<String, u32>>,
     /// Sandboxes being paused, resumed or killed, and which of these.
     transitions: Mutex<HashMap<String, &'static str>>,
+    /// Containers of paused sandboxes being removed ([`pause`]).
+    retiring: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     /// Key of the envd access tokens: a sandbox's token is derived from its id, so a resumed
     /// sandbox gets its token back without it being stored anywhere.
     token_seed: Arc<[u8]>,
@@ -173,6 +175,7 @@ impl Orchestrator {
             sandboxes: Mutex::default(),
             creating: Mutex::default(),
             transitions: Mutex::default(),
+            retiring: Mutex::default(),
             token_seed: Arc::from(token_seed),
         }
     }
@@ -390,8 +393,9 @@ impl Orchestrator {
             .collect()
     }
 
-    /// Kills every sandbox (shutdown).
+    /// Kills every sandbox and finishes removing paused ones' containers (shutdown).
     pub async fn kill_all(&self) {
+        self.retire_all().await;
         let ids: Vec<String> = self.lock().keys().cloned().collect();
         for id in ids {
             if let Err(error) = self.kill(&id).await {

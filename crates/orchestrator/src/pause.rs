@@ -17,12 +17,13 @@
 use crate::{Lifecycle, Orchestrator, Sandbox, SandboxError, runtime::Limits};
 use serde::{Deserialize, Serialize};
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 use time::OffsetDateTime;
+use tokio::task::JoinHandle;
 
 /// What a paused sandbox was; stored with its image.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,15 +79,23 @@ impl Orchestrator {
         self.runtime
             .checkpoint(id, &sandbox.dir, image, sandbox.access_token.as_deref())
             .await?;
-        // The container is stopped; its runtime state and files are of no further use. It stays
-        // listed (as being paused) until they are gone, so a resume cannot collide with it.
-        if let Err(error) = self.runtime.destroy(id).await {
-            tracing::warn!(sandbox = %id, %error, "removing a paused sandbox's container");
-        }
-        let _ = std::fs::remove_dir_all(&sandbox.dir);
+        let checkpointed = started.elapsed();
+        // The container is stopped; its runtime state and files are of no further use. Removing
+        // them takes runsc a second or two, so it happens in the background; a resume of this
+        // id, and shutdown, wait for it.
         self.lock().remove(id);
+        let runtime = self.runtime.clone();
+        let (retired_id, dir) = (id.to_owned(), sandbox.dir.clone());
+        let retiring = tokio::spawn(async move {
+            if let Err(error) = runtime.destroy(&retired_id).await {
+                tracing::warn!(sandbox = %retired_id, %error, "removing a paused sandbox's container");
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        });
+        self.retiring_map().insert(id.to_owned(), retiring);
         tracing::info!(
             sandbox = %id,
+            checkpoint_ms = checkpointed.as_millis(),
             elapsed_ms = started.elapsed().as_millis(),
             "sandbox paused"
         );
@@ -149,6 +158,7 @@ impl Orchestrator {
         timeout: Duration,
     ) -> Result<Arc<Sandbox>, SandboxError> {
         let id = paused.id.as_str();
+        self.retired(id).await;
         let dir = self.sandboxes_dir.join(id);
         // A leftover of a sandbox by this id that died would confuse the new socket.
         let _ = std::fs::remove_dir_all(&dir);
@@ -185,6 +195,28 @@ impl Orchestrator {
             rootfs: rootfs.to_owned(),
             dir,
         }))
+    }
+}
+
+impl Orchestrator {
+    fn retiring_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
+        self.retiring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the container of paused sandbox `id` is removed.
+    async fn retired(&self, id: &str) {
+        let handle = self.retiring_map().remove(id);
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
+
+    /// Waits until every paused sandbox's container is removed (shutdown).
+    pub async fn retire_all(&self) {
+        let handles: Vec<_> = self.retiring_map().drain().map(|(_, h)| h).collect();
+        for handle in handles {
+            let _ = handle.await;
+        }
     }
 }
 
