@@ -47,6 +47,10 @@ struct Lru {
 }
 
 impl Lru {
+    fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
     /// Marks `name` used now; false if it is not cached.
     fn touch(&mut self, name: &str) -> bool {
         self.tick += 1;
@@ -144,6 +148,7 @@ impl ChunkCache {
         if let Some(bytes) = self.read_cached(&name, &within).await? {
             return Ok(bytes);
         }
+        self.read_ahead(storage, location, info, index);
         let flight = lock(&self.fetching)
             .entry(name.clone())
             .or_default()
@@ -159,6 +164,30 @@ impl ChunkCache {
         };
         lock(&self.fetching).remove(&name);
         result
+    }
+
+    /// After a miss on chunk `index`, fetches the next few chunks in the background: reads
+    /// through the cache are mostly sequential (a file being fetched or scanned), and a cold
+    /// reader then finds them cached or in flight instead of waiting for one round trip each.
+    /// Each goes through [`ChunkCache::read`], so it joins or starts the chunk's single fetch.
+    fn read_ahead(&self, storage: &Storage, location: &Key, info: &ObjectInfo, index: u64) {
+        let chunks = info.size.div_ceil(CHUNK_SIZE);
+        // Never so far ahead that the prefetched chunks evict the one being read.
+        let room = (self.capacity / CHUNK_SIZE).saturating_sub(2);
+        let ahead = (storage.inner.options.concurrency as u64).min(room);
+        for next in (index + 1..chunks).take(ahead as usize) {
+            let name = chunk_name(location, info, next);
+            if lock(&self.state).contains(&name) || lock(&self.fetching).contains_key(&name) {
+                continue;
+            }
+            let (storage, location, info) = (storage.clone(), location.clone(), info.clone());
+            tokio::spawn(async move {
+                let cache = &storage.inner.cache;
+                if let Err(error) = cache.read(&storage, &location, &info, next, 0..0).await {
+                    tracing::debug!(%error, "reading ahead");
+                }
+            });
+        }
     }
 
     /// Reads from the chunk file if it is cached. `None` if not, or if it was evicted between

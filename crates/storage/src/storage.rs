@@ -61,7 +61,7 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn ObjectStore>,
     pub(crate) described: String,
     pub(crate) options: StorageOptions,
-    cache: ChunkCache,
+    pub(crate) cache: ChunkCache,
     /// Size and ETag of objects read through the cache, so a ranged read costs no HEAD.
     /// Committed objects never change; the ETag keys the cache in case one does anyway.
     infos: Mutex<HashMap<String, ObjectInfo>>,

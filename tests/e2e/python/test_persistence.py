@@ -180,3 +180,21 @@ def test_expiry_without_auto_pause_still_kills(kiln):
     time.sleep(4)
     with pytest.raises(SandboxNotFoundException):
         Sandbox.get_info(sbx.sandbox_id)
+
+
+def test_a_server_in_the_sandbox_answers_again_after_resume(kiln):
+    from e2b import Sandbox
+
+    sbx = Sandbox.create(timeout=120)
+    try:
+        sbx.commands.run("mkdir -p /tmp/site && echo served > /tmp/site/index.html")
+        sbx.commands.run("cd /tmp/site && python3 -m http.server 8000 >/dev/null 2>&1", background=True)
+        deadline = time.time() + 10
+        while proxy_get("/", sbx.sandbox_id, 8000)[0] != 200:
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.2)
+        assert sbx.pause()
+        Sandbox.connect(sbx.sandbox_id)
+        assert proxy_get("/", sbx.sandbox_id, 8000) == (200, "served\n")
+    finally:
+        sbx.kill()

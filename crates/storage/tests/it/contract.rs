@@ -444,6 +444,35 @@ pub async fn the_chunk_cache_is_bounded_and_fetches_a_chunk_once(make: impl Make
     assert_eq!(gets() - before, 6);
 }
 
+pub async fn a_cold_reader_finds_the_next_chunks_fetched_ahead(make: impl Make) {
+    let backend = make(CACHE).await;
+    let bytes = data(4 * CHUNK_SIZE, 9);
+    let session = backend.storage.session("t/ahead").await.unwrap();
+    session.put_bytes("memfile", bytes.clone()).await.unwrap();
+    session.commit().await.unwrap();
+    let gets = || backend.probe.gets.load(Ordering::SeqCst);
+    let before = gets();
+    let first = backend
+        .storage
+        .read_range("t/ahead/memfile", 0..10)
+        .await
+        .unwrap();
+    assert!(first == bytes[..10]);
+    // The next three chunks are fetched in the background: one GET each, then no more.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gets() - before < 4 {
+        assert!(std::time::Instant::now() < deadline, "no read-ahead");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let rest = backend
+        .storage
+        .read_range("t/ahead/memfile", 10..4 * CHUNK_SIZE)
+        .await
+        .unwrap();
+    assert!(rest == bytes[10..]);
+    assert_eq!(gets() - before, 4, "every chunk fetched once");
+}
+
 pub async fn the_chunk_cache_survives_a_restart(make: impl Make) {
     let backend = make(CACHE).await;
     let bytes = data(CHUNK_SIZE + 10, 8);

@@ -42,4 +42,5 @@ contract_suite!(
     a_committed_prefix_is_not_written_again,
     the_chunk_cache_is_bounded_and_fetches_a_chunk_once,
     the_chunk_cache_survives_a_restart,
+    a_cold_reader_finds_the_next_chunks_fetched_ahead,
 );
