@@ -270,6 +270,25 @@ async fn pause(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Resumes the team's paused sandbox `id` for `timeout` seconds (default 300): 201.
+async fn resume_paused(
+    state: &AppState,
+    team: &AuthTeam,
+    id: &str,
+    timeout: Option<i64>,
+) -> Result<Response, ApiError> {
+    let timeout = seconds(timeout.unwrap_or(DEFAULT_TIMEOUT_SECS), "timeout")?;
+    let sandbox = state
+        .lifecycle
+        .resume(id, Some(&team.0.id), timeout)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SandboxCreated::from(sandbox.as_ref())),
+    )
+        .into_response())
+}
+
 /// `POST /sandboxes/{id}/resume` (deprecated in E2B, kept for old SDKs): 201, 409 if running.
 async fn resume(
     State(state): State<AppState>,
@@ -283,16 +302,7 @@ async fn resume(
             format!("sandbox '{id}' is already running"),
         ));
     }
-    let timeout = seconds(body.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS), "timeout")?;
-    let sandbox = state
-        .lifecycle
-        .resume(&id, Some(&team.0.id), timeout)
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(SandboxCreated::from(sandbox.as_ref())),
-    )
-        .into_response())
+    resume_paused(&state, &team, &id, body.timeout).await
 }
 
 async fn set_timeout(
@@ -339,16 +349,7 @@ async fn connect(
         }
         return Ok(Json(SandboxCreated::from(sandbox.as_ref())).into_response());
     }
-    let timeout = seconds(body.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS), "timeout")?;
-    let sandbox = state
-        .lifecycle
-        .resume(&id, Some(&team.0.id), timeout)
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(SandboxCreated::from(sandbox.as_ref())),
-    )
-        .into_response())
+    resume_paused(&state, &team, &id, body.timeout).await
 }
 
 async fn metrics(
