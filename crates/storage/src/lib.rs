@@ -76,12 +76,14 @@ mod cache;
 mod config;
 mod error;
 mod manifest;
+mod oci;
 mod session;
 mod storage;
 
-pub use config::{ConfigErrors, Provider, Secret, StorageConfig};
+pub use config::{ConfigErrors, OciAuth, Provider, Secret, StorageConfig};
 pub use error::StorageError;
 pub use manifest::{MANIFEST, Manifest, ObjectEntry};
+pub use oci::OciObjectStorage;
 pub use session::UploadSession;
 pub use storage::{CHUNK_SIZE, Storage, StorageOptions};
 
