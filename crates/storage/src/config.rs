@@ -430,13 +430,14 @@ impl StorageConfig {
                     let endpoint = endpoint.or_else(|| {
                         Url::parse(&format!("https://objectstorage.{region}.oraclecloud.com")).ok()
                     });
-                    auth.zip(endpoint).map(|(auth, endpoint)| Provider::OciNative {
-                        bucket,
-                        namespace,
-                        region,
-                        endpoint,
-                        auth,
-                    })
+                    auth.zip(endpoint)
+                        .map(|(auth, endpoint)| Provider::OciNative {
+                            bucket,
+                            namespace,
+                            region,
+                            endpoint,
+                            auth,
+                        })
                 } else {
                     let access_key_id = env.require(
                         "OCI_S3_ACCESS_KEY_ID",

@@ -138,10 +138,15 @@ impl Client {
     ) -> Result<reqwest::Response, Error> {
         let mut retried = false;
         loop {
-            let response = self.attempt(operation, &method, url, &headers, &body).await?;
+            let response = self
+                .attempt(operation, &method, url, &headers, &body)
+                .await?;
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED && !retried {
-                tracing::debug!(operation, "Object Storage answered 401; renewing credentials");
+                tracing::debug!(
+                    operation,
+                    "Object Storage answered 401; renewing credentials"
+                );
                 self.credentials.invalidate().await;
                 retried = true;
                 continue;

@@ -119,7 +119,13 @@ impl OciObjectStorage {
         }
         let response = self
             .client
-            .send("ListObjects", Method::GET, &url, HeaderMap::new(), Body::Empty)
+            .send(
+                "ListObjects",
+                Method::GET,
+                &url,
+                HeaderMap::new(),
+                Body::Empty,
+            )
             .await
             .map_err(|e| e.into_store(prefix))?;
         let body = response
@@ -136,7 +142,10 @@ impl OciObjectStorage {
                     location: Path::parse(&o.name).map_err(|e| generic(e.to_string()))?,
                     last_modified: DateTime::parse_from_rfc3339(&o.time_created)
                         .map_err(|e| {
-                            generic(format!("timeCreated {:?} of {}: {e}", o.time_created, o.name))
+                            generic(format!(
+                                "timeCreated {:?} of {}: {e}",
+                                o.time_created, o.name
+                            ))
                         })?
                         .with_timezone(&Utc),
                     size: o.size,
@@ -261,7 +270,10 @@ impl ObjectStore for OciObjectStorage {
             range
                 .is_valid()
                 .map_err(|e| generic(format!("{name}: {e}")))?;
-            headers.insert(header::RANGE, header_value(&format!("bytes={}", spec(range)))?);
+            headers.insert(
+                header::RANGE,
+                header_value(&format!("bytes={}", spec(range)))?,
+            );
         }
         if let Some(etag) = &options.if_match {
             headers.insert(header::IF_MATCH, header_value(etag)?);
