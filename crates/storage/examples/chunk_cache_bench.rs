@@ -11,6 +11,9 @@
 
 #[path = "../tests/it/util.rs"]
 mod util;
+// `util` builds OCI native backends on the stand-in.
+#[path = "../tests/it/oci_standin.rs"]
+mod oci_standin;
 
 use object_store::{ObjectStoreExt, path::Path as Key};
 use std::time::Instant;

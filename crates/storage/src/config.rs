@@ -11,11 +11,15 @@
 //! | `S3_USE_PATH_STYLE` | AWSBucket: `true`/`false`, default `true` with an endpoint, else `false` |
 //! | `OCI_NAMESPACE`, `OCI_REGION` | OCIBucket: Object Storage namespace and region identifier |
 //! | `OCI_S3_ACCESS_KEY_ID`, `OCI_S3_SECRET_ACCESS_KEY[_FILE]` | OCIBucket via the S3 Compatibility API (a Customer Secret Key) |
-//! | `OCI_AUTH` | OCIBucket via the native API: `api_key` (`~/.oci/config`) or `instance_principal` — not implemented yet |
-//! | `OCI_OBJECT_STORAGE_ENDPOINT` | OCIBucket: endpoint override (tests) |
+//! | `OCI_AUTH` | OCIBucket via the native API: `api_key` (a profile of `~/.oci/config`) or `instance_principal`; excludes `OCI_S3_*` |
+//! | `OCI_CONFIG_FILE`, `OCI_PROFILE` | `OCI_AUTH=api_key`: config file (default `$HOME/.oci/config`) and profile (default `DEFAULT`) |
+//! | `OCI_OBJECT_STORAGE_ENDPOINT` | OCIBucket: endpoint override (`http://` only for loopback); default `https://objectstorage.<region>.oraclecloud.com` (native) or `https://<namespace>.compat.objectstorage.<region>.oraclecloud.com` (S3) |
 //! | `GOOGLE_APPLICATION_CREDENTIALS` | GCPBucket: service account or ADC file; default: gcloud ADC or the metadata server |
 //! | `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY[_FILE]` | AzureBucket |
 //! | `STORAGE_CACHE_DIR`, `STORAGE_CACHE_BYTES` | chunk cache directory (default `<kiln_home>/cache/chunks`) and bound (default 10 GiB; `512MiB`, `10GiB` accepted) |
+//!
+//! With `OCI_AUTH=api_key` the profile and its key file are read at configuration time, so a
+//! missing profile or a key file readable by others is reported with the other problems.
 //!
 //! A secret comes from `X` or from the file named by `X_FILE` (not both). The file must be
 //! readable only by its owner (mode `0600` or stricter).
@@ -23,7 +27,7 @@
 //! Messages name variables and files, never secret values; the `Debug` output of
 //! [`StorageConfig`] redacts them too.
 
-use crate::StorageOptions;
+use crate::{OciObjectStorage, StorageOptions};
 use object_store::{
     ObjectStore, aws::AmazonS3Builder, azure::MicrosoftAzureBuilder,
     gcp::GoogleCloudStorageBuilder, local::LocalFileSystem,
@@ -82,6 +86,14 @@ pub enum Provider {
         session_token: Option<Secret>,
         path_style: bool,
     },
+    /// OCI Object Storage through its native API, requests signed by `oracle-auth`.
+    OciNative {
+        bucket: String,
+        namespace: String,
+        region: String,
+        endpoint: Url,
+        auth: OciAuth,
+    },
     /// OCI Object Storage through its S3 Compatibility API (Customer Secret Keys). Always
     /// path-style, with the OCI region as SigV4 region.
     OciS3 {
@@ -103,13 +115,55 @@ pub enum Provider {
     },
 }
 
+/// How requests to OCI's native API are signed (`OCI_AUTH`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OciAuth {
+    /// A user's API key (or a CLI session token) from a profile of an OCI config file; `home`
+    /// expands `~/` in the paths inside it.
+    ApiKey {
+        config: oracle_auth::OciConfig,
+        home: Option<PathBuf>,
+    },
+    /// The compute instance's identity, from the instance metadata service.
+    InstancePrincipal,
+}
+
+impl OciAuth {
+    /// The signing credentials. An API key is read here (again after configuration), so a
+    /// rotated key file is picked up on restart.
+    fn credentials(&self) -> Result<Arc<dyn oracle_auth::Credentials>, oracle_auth::AuthError> {
+        Ok(match self {
+            OciAuth::ApiKey { config, home } => {
+                let profile = config.load(home.as_deref())?;
+                Arc::new(oracle_auth::ApiKeyCredentials::from_profile(
+                    config, &profile,
+                )?)
+            }
+            OciAuth::InstancePrincipal => Arc::new(oracle_auth::InstancePrincipal::new(
+                oracle_auth::InstancePrincipalOptions::default(),
+            )?),
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            OciAuth::ApiKey { config, .. } => format!(
+                "API key of profile [{}] in {}",
+                config.profile,
+                config.path.display()
+            ),
+            OciAuth::InstancePrincipal => "instance principal".to_string(),
+        }
+    }
+}
+
 impl Provider {
     /// The `STORAGE_PROVIDER` name.
     pub fn name(&self) -> &'static str {
         match self {
             Provider::Local { .. } => "Local",
             Provider::Aws { .. } => "AWSBucket",
-            Provider::OciS3 { .. } => "OCIBucket",
+            Provider::OciNative { .. } | Provider::OciS3 { .. } => "OCIBucket",
             Provider::Gcp { .. } => "GCPBucket",
             Provider::Azure { .. } => "AzureBucket",
         }
@@ -127,6 +181,15 @@ impl Provider {
                 Some(endpoint) => format!("{name} '{bucket}' at {endpoint}"),
                 None => format!("{name} '{bucket}'"),
             },
+            Provider::OciNative {
+                bucket,
+                endpoint,
+                auth,
+                ..
+            } => format!(
+                "{name} '{bucket}' at {endpoint} (native API, {})",
+                auth.describe()
+            ),
             Provider::OciS3 {
                 bucket, endpoint, ..
             } => format!("{name} '{bucket}' at {endpoint}"),
@@ -174,6 +237,24 @@ impl Provider {
                     builder = builder.with_token(token.expose());
                 }
                 Arc::new(builder.build().map_err(failed)?)
+            }
+            Provider::OciNative {
+                bucket,
+                namespace,
+                endpoint,
+                auth,
+                ..
+            } => {
+                let credentials = auth.credentials().map_err(|e| {
+                    failed(object_store::Error::Generic {
+                        store: "OCIBucket",
+                        source: Box::new(e),
+                    })
+                })?;
+                Arc::new(
+                    OciObjectStorage::new(endpoint, namespace, bucket, credentials)
+                        .map_err(failed)?,
+                )
             }
             Provider::OciS3 {
                 bucket,
@@ -345,10 +426,18 @@ impl StorageConfig {
                 );
                 let endpoint = env.endpoint("OCI_OBJECT_STORAGE_ENDPOINT");
                 if let Some(auth) = env.get("OCI_AUTH") {
-                    env.errors.push(format!(
-                        "OCI_AUTH={auth:?} selects the native Object Storage API, which is not implemented yet; unset it and use the S3 Compatibility API with OCI_S3_ACCESS_KEY_ID and OCI_S3_SECRET_ACCESS_KEY (a Customer Secret Key)"
-                    ));
-                    None
+                    let auth = env.oci_auth(&auth);
+                    let endpoint = endpoint.or_else(|| {
+                        Url::parse(&format!("https://objectstorage.{region}.oraclecloud.com")).ok()
+                    });
+                    auth.zip(endpoint)
+                        .map(|(auth, endpoint)| Provider::OciNative {
+                            bucket,
+                            namespace,
+                            region,
+                            endpoint,
+                            auth,
+                        })
                 } else {
                     let access_key_id = env.require(
                         "OCI_S3_ACCESS_KEY_ID",
@@ -488,6 +577,44 @@ impl Env<'_> {
             }
             Err(e) => {
                 self.errors.push(invalid(&e.to_string()));
+                None
+            }
+        }
+    }
+
+    /// `OCI_AUTH`: which credentials sign native API requests. The S3 settings must be unset
+    /// (two ways to authenticate are a mistake to report, not to resolve by precedence). An API
+    /// key profile is loaded now so its problems are listed with the others.
+    fn oci_auth(&mut self, value: &str) -> Option<OciAuth> {
+        let s3: Vec<&str> = [
+            "OCI_S3_ACCESS_KEY_ID",
+            "OCI_S3_SECRET_ACCESS_KEY",
+            "OCI_S3_SECRET_ACCESS_KEY_FILE",
+        ]
+        .into_iter()
+        .filter(|key| self.get(key).is_some())
+        .collect();
+        if !s3.is_empty() {
+            self.errors.push(format!(
+                "OCI_AUTH and {} are both set: OCI_AUTH selects the native Object Storage API, OCI_S3_* the S3 Compatibility API; set one",
+                s3.join(", ")
+            ));
+        }
+        match value.to_ascii_lowercase().as_str() {
+            "api_key" => {
+                let config = oracle_auth::OciConfig::from_env(self.lookup);
+                let home = self.get("HOME").map(PathBuf::from);
+                let auth = OciAuth::ApiKey { config, home };
+                if let Err(e) = auth.credentials() {
+                    self.errors.push(format!("OCI_AUTH=api_key: {e}"));
+                }
+                Some(auth)
+            }
+            "instance_principal" => Some(OciAuth::InstancePrincipal),
+            _ => {
+                self.errors.push(format!(
+                    "OCI_AUTH={value:?} is invalid: expected api_key or instance_principal"
+                ));
                 None
             }
         }

@@ -4,9 +4,17 @@
 //!
 //! - [`StorageConfig::from_env`] reads `STORAGE_PROVIDER` and friends (table in the `config`
 //!   module docs), checks all of them at once ([`ConfigErrors`]) and yields a [`Provider`]:
-//!   `Local` (a directory), `AWSBucket` (S3 or any S3-compatible server), `OCIBucket` (OCI
-//!   Object Storage through its S3 Compatibility API), `GCPBucket`, `AzureBucket`. Each is an
-//!   [`object_store::ObjectStore`]; Kiln adds no provider code of its own.
+//!   `Local` (a directory), `AWSBucket` (S3 or any S3-compatible server), `OCIBucket`,
+//!   `GCPBucket`, `AzureBucket`. Each is an [`object_store::ObjectStore`]. `OCIBucket` has two
+//!   ways in:
+//!   - `OCI_AUTH=api_key|instance_principal`: OCI Object Storage's **native API** through
+//!     [`OciObjectStorage`], the one provider Kiln implements itself (object_store has none
+//!     for OCI), every request signed by `oracle-auth` (an API key from `~/.oci/config`, or the
+//!     instance's identity, which the S3 API cannot use);
+//!   - `OCI_S3_ACCESS_KEY_ID`/`OCI_S3_SECRET_ACCESS_KEY`: the **S3 Compatibility API** with a
+//!     Customer Secret Key, through object_store's S3 client.
+//!
+//!   Setting both is a configuration error.
 //! - [`Storage`] wraps that store (`Arc<dyn ObjectStore>`) with what Kiln needs:
 //!   - write sessions: [`Storage::session`] → [`UploadSession`] (`upload_file`, `put_bytes`,
 //!     `commit` → [`Manifest`]);
@@ -55,6 +63,10 @@
 //! - **Cache bound:** the chunk cache's files total at most `STORAGE_CACHE_BYTES` after every
 //!   insertion (least recently used chunks go first); concurrent readers of a chunk share one
 //!   fetch; chunk files are written atomically and kept across restarts.
+//! - **OCI native API:** every request is signed afresh (on a 401 the credentials are
+//!   invalidated and the request retried once); object and part bodies always go with
+//!   `Content-Length`, never chunked; names are percent-encoded per segment, `/` kept, and the
+//!   encoded path is what is signed.
 //! - **OCI S3 compatibility:** requests are path-style, bodies are plain (`Content-Length`, never
 //!   `aws-chunked`/`STREAMING-*` payload hashes) and carry no CRC32 checksum headers; the
 //!   tests check the requests on the wire.
@@ -62,13 +74,19 @@
 //!
 //! # Not yet
 //!
-//! OCI's native Object Storage API (request signing through `oracle-auth`, needed for instance
-//! principals) is not implemented: `OCI_AUTH` is refused at configuration time.
+//! The OCI native provider has not run against the real service, only against the stand-in
+//! below. It does not retry failed requests (except once after a 401), copies by download and
+//! re-upload, and supports no object tags.
 //!
 //! # Tests and benchmark
 //!
-//! `tests/it` runs one contract suite against a local directory and a real S3 server on
-//! loopback (s3s-fs), and checks OCI's S3-compatibility constraints on the recorded requests.
+//! `tests/it` runs one contract suite against a local directory, a real S3 server on loopback
+//! (s3s-fs) and a loopback **stand-in** for OCI's native API (`tests/it/oci_standin.rs`), and
+//! checks OCI's S3-compatibility constraints on the recorded requests. The stand-in is not
+//! Oracle's service: it implements the documented endpoints and semantics (206 ranges,
+//! multipart commit with etags, `nextStartWith` paging, `if-none-match: *` → 412) and refuses
+//! any request whose Oracle signature does not verify; its verifier is checked against
+//! Oracle's published signing vectors.
 //! `cargo run --release -p storage --example chunk_cache_bench` compares chunk-cache reads with
 //! a plain full read on both backends.
 
@@ -76,12 +94,14 @@ mod cache;
 mod config;
 mod error;
 mod manifest;
+mod oci;
 mod session;
 mod storage;
 
-pub use config::{ConfigErrors, Provider, Secret, StorageConfig};
+pub use config::{ConfigErrors, OciAuth, Provider, Secret, StorageConfig};
 pub use error::StorageError;
 pub use manifest::{MANIFEST, Manifest, ObjectEntry};
+pub use oci::OciObjectStorage;
 pub use session::UploadSession;
 pub use storage::{CHUNK_SIZE, Storage, StorageOptions};
 

@@ -160,7 +160,94 @@ fn oci_uses_the_compat_endpoint_of_namespace_and_region() {
     ])
     .join("\n");
     assert!(text.contains("OCI_REGION=\"iad\" is invalid"), "{text}");
-    assert!(text.contains("not implemented yet"), "{text}");
+}
+
+const OCI: [(&str, &str); 4] = [
+    ("STORAGE_PROVIDER", "OCIBucket"),
+    ("TEMPLATE_BUCKET_NAME", "kiln-templates"),
+    ("OCI_NAMESPACE", "axaxnpcrorw5"),
+    ("OCI_REGION", "us-ashburn-1"),
+];
+
+fn with<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    OCI.iter().chain(extra).copied().collect()
+}
+
+#[test]
+fn oci_auth_selects_the_native_api_at_the_regional_endpoint() {
+    let config = parse(&with(&[("OCI_AUTH", "instance_principal")])).unwrap();
+    assert_eq!(
+        config.provider.describe(),
+        "OCIBucket 'kiln-templates' at https://objectstorage.us-ashburn-1.oraclecloud.com/ (native API, instance principal)"
+    );
+    assert!(matches!(
+        config.provider,
+        Provider::OciNative {
+            auth: OciAuth::InstancePrincipal,
+            ..
+        }
+    ));
+    // The provider builds without contacting anything (the token is fetched on first use).
+    config.provider.build().unwrap();
+}
+
+#[test]
+fn oci_api_key_profiles_are_loaded_at_configuration_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, "not a key").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config_file = dir.path().join("config");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[DEFAULT]\nuser=ocid1.user.oc1..u\nfingerprint=aa:bb\nkey_file={}\ntenancy=ocid1.tenancy.oc1..t\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let path = config_file.display().to_string();
+    let vars = |profile| {
+        with(&[
+            ("OCI_AUTH", "api_key"),
+            ("OCI_PROFILE", profile),
+            ("OCI_CONFIG_FILE", path.as_str()),
+        ])
+    };
+    let text = errors(&vars("OTHER")).join("\n");
+    assert!(text.contains("OCI_AUTH=api_key"), "{text}");
+    assert!(text.contains("no profile [OTHER]"), "{text}");
+    let text = errors(&vars("DEFAULT")).join("\n");
+    assert!(text.contains("readable by group or others"), "{text}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = errors(&vars("DEFAULT")).join("\n");
+    assert!(text.contains("not a PEM key"), "{text}");
+    assert!(!text.contains("not a key\""), "{text}");
+}
+
+#[test]
+fn oci_auth_and_s3_keys_together_are_a_conflict_reported_with_the_rest() {
+    let text = errors(&[
+        ("STORAGE_PROVIDER", "OCIBucket"),
+        ("OCI_AUTH", "instance_principal"),
+        ("OCI_S3_ACCESS_KEY_ID", "ak"),
+        ("OCI_S3_SECRET_ACCESS_KEY", "do-not-print-me"),
+    ])
+    .join("\n");
+    for expected in [
+        "OCI_AUTH and OCI_S3_ACCESS_KEY_ID, OCI_S3_SECRET_ACCESS_KEY are both set",
+        "TEMPLATE_BUCKET_NAME is required",
+        "OCI_NAMESPACE is required",
+        "OCI_REGION is required",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("do-not-print-me"), "{text}");
+    let text = errors(&with(&[("OCI_AUTH", "password")])).join("\n");
+    assert!(
+        text.contains("OCI_AUTH=\"password\" is invalid: expected api_key or instance_principal"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -1,11 +1,14 @@
 //! Storage integration tests: one provider contract suite run against every backend that runs
-//! offline (a local directory, a real S3 server on loopback), and the OCI S3-compatibility
-//! constraints checked on the wire.
+//! offline (a local directory, a real S3 server on loopback, a stand-in for OCI Object
+//! Storage's native API on loopback), the OCI S3-compatibility constraints checked on the
+//! wire, and OCI native-API specifics (signatures, encoding, conditions, ranges, paging).
 
 #![allow(clippy::unwrap_used, unreachable_pub, dead_code)]
 
 mod contract;
 mod oci_compat;
+mod oci_native;
+mod oci_standin;
 mod util;
 
 /// Runs each contract function against each backend, as its own test.
@@ -24,6 +27,14 @@ macro_rules! contract_suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $test() {
                     crate::contract::$test(crate::util::s3).await;
+                }
+            )*
+        }
+        mod oci_native_contract {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    crate::contract::$test(crate::util::oci_native).await;
                 }
             )*
         }

@@ -216,6 +216,8 @@ pub struct Backend {
     pub cache_dir: PathBuf,
     pub config: StorageConfig,
     pub server: Option<S3Server>,
+    /// The OCI native API stand-in and its config directory, for `oci_native` backends.
+    pub oci: Option<OciFixture>,
     _dir: tempfile::TempDir,
 }
 
@@ -291,6 +293,7 @@ pub fn backend(vars: &[(&str, String)], server: Option<S3Server>, cache_bytes: u
         cache_dir,
         config,
         server,
+        oci: None,
         _dir: dir,
     }
 }
@@ -341,4 +344,123 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
     path
+}
+
+/// Oracle's published test key (reference `oci.md` §1.1; PKCS#1, 1024 bits): its signatures
+/// over the published signing strings are the published vectors.
+pub const ORACLE_TEST_KEY: &str = "-----BEGIN RSA PRIVATE KEY-----
+MIICXgIBAAKBgQDCFENGw33yGihy92pDjZQhl0C36rPJj+CvfSC8+q28hxA161QF
+NUd13wuCTUcq0Qd2qsBe/2hFyc2DCJJg0h1L78+6Z4UMR7EOcpfdUE9Hf3m/hs+F
+UR45uBJeDK1HSFHD8bHKD6kv8FPGfJTotc+2xjJwoYi+1hqp1fIekaxsyQIDAQAB
+AoGBAJR8ZkCUvx5kzv+utdl7T5MnordT1TvoXXJGXK7ZZ+UuvMNUCdN2QPc4sBiA
+QWvLw1cSKt5DsKZ8UETpYPy8pPYnnDEz2dDYiaew9+xEpubyeW2oH4Zx71wqBtOK
+kqwrXa/pzdpiucRRjk6vE6YY7EBBs/g7uanVpGibOVAEsqH1AkEA7DkjVH28WDUg
+f1nqvfn2Kj6CT7nIcE3jGJsZZ7zlZmBmHFDONMLUrXR/Zm3pR5m0tCmBqa5RK95u
+412jt1dPIwJBANJT3v8pnkth48bQo/fKel6uEYyboRtA5/uHuHkZ6FQF7OUkGogc
+mSJluOdc5t6hI1VsLn0QZEjQZMEOWr+wKSMCQQCC4kXJEsHAve77oP6HtG/IiEn7
+kpyUXRNvFsDE0czpJJBvL/aRFUJxuRK91jhjC68sA7NsKMGg5OXb5I5Jj36xAkEA
+gIT7aFOYBFwGgQAQkWNKLvySgKbAZRTeLBacpHMuQdl1DfdntvAyqpAZ0lY0RKmW
+G6aFKaqQfOXKCyWoUiVknQJAXrlgySFci/2ueKlIE1QqIiLSZ8V8OlpFLRnb1pzI
+7U1yQXnTAEFYM560yJlzUpOb1V4cScGd365tiSMvxLOvTA==
+-----END RSA PRIVATE KEY-----
+";
+
+/// Another key (generated for these tests), which the stand-in does not know.
+pub const WRONG_KEY: &str = "-----BEGIN RSA PRIVATE KEY-----
+MIICXQIBAAKBgQDWZV1qR9AT+DASHdyZ3/t1qI0ngwa2sFc7ytFn1nHJ/qQo7inh
+c6gWQVkUwl8uHYAkhqY/+YmqUeZajcMWp9pWARiBdjoTmIwrwD3noNVr+TGwFaOS
+BZlu71853elCIuKuy81OxKvAqAlwE8XjRwOvjpMFGXMnYOpIKnxNVj1PyQIDAQAB
+AoGAIDdrKiVQZy/MSWyjUZwOtUd2rpFJ2Pn2oc2AWhInVyskj+H5+R7gCzgWor/y
+fYOBVfvFz6c3wJg9/S2AO09Nx4g/z6hMtjyXbBtI//D5Zi9no8YyQwBzYKipNxcK
+akLwHWlo1o3aWqb0zd97dLU1gTYYjJkmq7BZQ+j4lKZWWAECQQDySGONPIoKGqFs
+9rIxwFUpVMvI8LaTZ6ufoenvDjY5uK5EXQgdtTt97d+aFCeAeSQUTnDXTjj7/7bB
+fJXEKZCpAkEA4ojJ5Bf8hmTWKSMlyRg6+e1yL21d+Z5/aUUeBAdO8Wu1al6ZqaSS
+BiUBSWmriY0U2KLsY7+8glFl418GanyaIQJBAKkkwmNixVgCeXnxzDuRc6LUMSTK
+cBv+f0GFrySWfmLTvM27SSQ8Vxk2TSlrMpytdfO7Q2n8kSnUvwjbak81WWkCQQCI
+H7RZmMRIqc06+QDanvHJfxJPR4Ph3IkpY7wOpamdTqC7406o7thEUvY7/AB07k7p
+grVTl0KaeHkmMNK1KFyhAkA+HVUgGka4h1ssrvD/fsLaf/OOCyFSo2LbnQfpAhga
+DQNgdBNrD2Mj0RVjPObIbzkoh8XrjAGq4YTeAZlFiTEW
+-----END RSA PRIVATE KEY-----
+";
+
+pub const TENANCY: &str =
+    "ocid1.tenancy.oc1..aaaaaaaaba3pv6wkcr4jqae5f15p2b2m2yt2j6rx32uzr4h25vqstifsfdsq";
+pub const USER: &str =
+    "ocid1.user.oc1..aaaaaaaat5nvwcna5j6aqzjcaty5eqbb6qt2jvpkanghtgdaqedqw3rynjq";
+/// The MD5 fingerprint of [`ORACLE_TEST_KEY`].
+pub const FINGERPRINT: &str = "73:61:a2:21:67:e0:df:be:7e:4b:93:1e:15:98:a5:b7";
+
+/// The public half of a PEM private key.
+pub fn public_key(pem: &str) -> rsa::RsaPublicKey {
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    rsa::RsaPrivateKey::from_pkcs1_pem(pem)
+        .unwrap()
+        .to_public_key()
+}
+
+/// The keyId of the test user's API key.
+pub fn key_id() -> String {
+    format!("{TENANCY}/{USER}/{FINGERPRINT}")
+}
+
+/// The stand-in, knowing the test user's key, and a `~/.oci/config`-style directory whose
+/// `[DEFAULT]` profile signs with `key_pem` (mode 0600).
+pub struct OciFixture {
+    pub server: crate::oci_standin::OciServer,
+    pub config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OciFixture {
+    pub async fn start(key_pem: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let server =
+            crate::oci_standin::OciServer::start(vec![(key_id(), public_key(ORACLE_TEST_KEY))])
+                .await;
+        let dir = tempfile::tempdir().unwrap();
+        let key = write_file(dir.path(), "oci_api_key.pem", key_pem.as_bytes());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = write_file(
+            dir.path(),
+            "config",
+            format!(
+                "[DEFAULT]\nuser={USER}\nfingerprint={FINGERPRINT}\nkey_file={}\ntenancy={TENANCY}\nregion=us-ashburn-1\n",
+                key.display()
+            )
+            .as_bytes(),
+        );
+        Self {
+            server,
+            config,
+            _dir: dir,
+        }
+    }
+
+    /// The variables selecting this stand-in with `OCI_AUTH=api_key`.
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("STORAGE_PROVIDER", "OCIBucket".to_string()),
+            ("TEMPLATE_BUCKET_NAME", crate::oci_standin::BUCKET.into()),
+            ("OCI_NAMESPACE", crate::oci_standin::NAMESPACE.into()),
+            ("OCI_REGION", "us-ashburn-1".into()),
+            ("OCI_AUTH", "api_key".into()),
+            ("OCI_CONFIG_FILE", self.config.display().to_string()),
+            (
+                "OCI_OBJECT_STORAGE_ENDPOINT",
+                format!("http://{}", self.server.addr),
+            ),
+        ]
+    }
+}
+
+/// OCIBucket over the native API, against the stand-in, signing with the registered key.
+pub async fn oci_native(cache_bytes: u64) -> Backend {
+    oci_native_with_key(ORACLE_TEST_KEY, cache_bytes).await
+}
+
+pub async fn oci_native_with_key(key_pem: &str, cache_bytes: u64) -> Backend {
+    let fixture = OciFixture::start(key_pem).await;
+    let mut backend = backend(&fixture.vars(), None, cache_bytes);
+    backend.oci = Some(fixture);
+    backend
 }
