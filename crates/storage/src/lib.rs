@@ -93,6 +93,7 @@
 mod cache;
 mod config;
 mod error;
+mod linked;
 mod manifest;
 mod oci;
 mod session;

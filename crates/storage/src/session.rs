@@ -51,6 +51,10 @@ impl UploadSession {
     /// read, so it describes exactly what was sent.
     pub async fn upload_file(&self, name: &str, local: &Path) -> Result<ObjectEntry, StorageError> {
         let location = self.start(name)?;
+        if let Some(entry) = self.upload_linked(&location, local).await? {
+            self.record(name, &entry)?;
+            return Ok(entry);
+        }
         let io = |source| StorageError::Io {
             context: format!("reading {}", local.display()),
             source,
@@ -85,6 +89,37 @@ impl UploadSession {
         self.record(name, &entry)?;
         tracing::debug!(key = %location, size = entry.size, "uploaded");
         Ok(entry)
+    }
+
+    /// The `Local` fast path of [`UploadSession::upload_file`]: digest, then link. `None` when
+    /// it does not apply.
+    async fn upload_linked(
+        &self,
+        location: &Key,
+        local: &Path,
+    ) -> Result<Option<ObjectEntry>, StorageError> {
+        let Some(target) = self
+            .storage
+            .inner
+            .local_root
+            .as_deref()
+            .and_then(|root| crate::linked::local_path(root, location))
+        else {
+            return Ok(None);
+        };
+        let from = local.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let entry = crate::linked::digest_file(&from).map_err(|source| StorageError::Io {
+                context: format!("reading {}", from.display()),
+                source,
+            })?;
+            Ok(crate::linked::link(&from, &target)?.then_some(entry))
+        })
+        .await
+        .map_err(|e| StorageError::Io {
+            context: format!("uploading {location}"),
+            source: std::io::Error::other(e),
+        })?
     }
 
     async fn send_parts(

@@ -62,6 +62,8 @@ pub(crate) struct Inner {
     pub(crate) described: String,
     pub(crate) options: StorageOptions,
     pub(crate) cache: ChunkCache,
+    /// The bucket directory of the `Local` provider ([`crate::linked`]).
+    pub(crate) local_root: Option<PathBuf>,
     /// Size and ETag of objects read through the cache, so a ranged read costs no HEAD.
     /// Committed objects never change; the ETag keys the cache in case one does anyway.
     infos: Mutex<HashMap<String, ObjectInfo>>,
@@ -85,7 +87,13 @@ impl Storage {
     /// The configured provider, with the configured cache.
     pub fn from_config(config: &StorageConfig) -> Result<Self, StorageError> {
         let store = config.provider.build()?;
-        Self::new(store, config.provider.describe(), config.options())
+        let mut storage = Self::new(store, config.provider.describe(), config.options())?;
+        if let crate::Provider::Local { root } = &config.provider
+            && let Some(inner) = Arc::get_mut(&mut storage.inner)
+        {
+            inner.local_root = Some(root.clone());
+        }
+        Ok(storage)
     }
 
     /// Any object store. `described` names it in messages (`AWSBucket 'kiln'`); it must not
@@ -102,6 +110,7 @@ impl Storage {
                 described: described.into(),
                 options,
                 cache,
+                local_root: None,
                 infos: Mutex::new(HashMap::new()),
             }),
         })
@@ -174,6 +183,9 @@ impl Storage {
     ) -> Result<ObjectEntry, StorageError> {
         let entry = self.entry(prefix, name).await?;
         let location = object_key(prefix, name)?;
+        if let Some(linked) = self.download_linked(&location, &entry, dest).await? {
+            return Ok(linked);
+        }
         let dir = match dest.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),
@@ -200,6 +212,49 @@ impl Storage {
             .map_err(|e| e.error)
             .map_err(io(format!("renaming the download to {}", dest.display())))?;
         Ok(entry)
+    }
+
+    /// The `Local` fast path of [`Storage::download_file`]: link, then check the digest.
+    /// `None` when it does not apply.
+    async fn download_linked(
+        &self,
+        location: &Key,
+        entry: &ObjectEntry,
+        dest: &Path,
+    ) -> Result<Option<ObjectEntry>, StorageError> {
+        let Some(source) = self
+            .inner
+            .local_root
+            .as_deref()
+            .and_then(|root| crate::linked::local_path(root, location))
+        else {
+            return Ok(None);
+        };
+        let (from, to, expected) = (source, dest.to_owned(), entry.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            if !crate::linked::link(&from, &to)? {
+                return Ok(None);
+            }
+            let actual = crate::linked::digest_file(&to).map_err(|source| StorageError::Io {
+                context: format!("reading {}", to.display()),
+                source,
+            })?;
+            if actual != expected {
+                let _ = std::fs::remove_file(&to);
+                return Ok(Some(Err(actual)));
+            }
+            Ok(Some(Ok(actual)))
+        })
+        .await
+        .map_err(|e| StorageError::Io {
+            context: format!("downloading {location}"),
+            source: std::io::Error::other(e),
+        })??;
+        match checked {
+            None => Ok(None),
+            Some(Ok(entry)) => Ok(Some(entry)),
+            Some(Err(actual)) => Err(self.corrupt(location, entry, &actual)),
+        }
     }
 
     /// Streams `prefix/name` into `writer`, verifying it against the manifest. The bytes reach

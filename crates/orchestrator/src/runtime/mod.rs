@@ -39,8 +39,13 @@ pub enum RuntimeError {
         id: String,
         detail: String,
     },
-    #[error("envd in '{id}' did not answer within {seconds} s")]
-    EnvdTimeout { id: String, seconds: u64 },
+    #[error("envd in '{id}' did not answer within {seconds} s{detail}")]
+    EnvdTimeout {
+        id: String,
+        seconds: u64,
+        /// What the host saw of the channel (empty, or starting with `; `).
+        detail: String,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,

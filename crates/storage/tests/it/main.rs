@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, unreachable_pub, dead_code)]
 
 mod contract;
+mod local_link;
 mod oci_compat;
 mod oci_native;
 mod oci_standin;

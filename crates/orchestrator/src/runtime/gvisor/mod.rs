@@ -68,9 +68,18 @@ async fn wait_for_envd(id: &str, socket: &Path, limit: Duration) -> Result<(), R
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Say what the channel looked like: whether envd took the resume file, whether its
+    // socket exists (an answer that never comes is otherwise indistinguishable).
+    let exists = |path: &Path| if path.exists() { "present" } else { "absent" };
+    let resume = socket.with_file_name(envd_proto::host::RESUME_FILE);
     Err(RuntimeError::EnvdTimeout {
         id: id.to_owned(),
         seconds: limit.as_secs(),
+        detail: format!(
+            "; resume file {}, socket {}",
+            exists(&resume),
+            exists(socket)
+        ),
     })
 }
 
