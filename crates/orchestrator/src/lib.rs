@@ -136,6 +136,8 @@ pub enum SandboxError {
     Busy { id: String, state: &'static str },
     #[error("{0}")]
     Refused(String),
+    #[error("checkpointing the sandbox: {0}")]
+    Checkpoint(RuntimeError),
     #[error("starting the sandbox: {0}")]
     Runtime(#[from] RuntimeError),
     #[error("initializing envd: {0}")]

@@ -78,7 +78,8 @@ impl Orchestrator {
         let started = Instant::now();
         self.runtime
             .checkpoint(id, &sandbox.dir, image, sandbox.access_token.as_deref())
-            .await?;
+            .await
+            .map_err(SandboxError::Checkpoint)?;
         let checkpointed = started.elapsed();
         // The container is stopped; its runtime state and files are of no further use. Removing
         // them takes runsc a second or two, so it happens in the background; a resume of this
