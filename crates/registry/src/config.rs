@@ -11,23 +11,14 @@ use crate::{
     gcp::ServiceAccountKey,
     reference::{ImageName, host_without_port, is_loopback, split_host},
 };
-use std::{fmt, path::Path, sync::Arc};
+use settings::Env;
+use std::{path::Path, sync::Arc};
+
+pub use settings::ConfigErrors;
 
 pub const DEFAULT_FALLBACK_BASE_IMAGE: &str = "python:3.10-slim";
 
 const PROVIDERS: &str = "Local, Registry, OCI_OCIR, AWS_ECR, GCP_ARTIFACTS";
-
-/// Every problem with the registry settings, one per line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<String>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.join("\n"))
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
 
 /// The provider's host and credentials, so a full reference to that same host pulls with them.
 pub(crate) struct ProviderAuth {
@@ -44,34 +35,13 @@ pub(crate) struct Parsed {
     pub(crate) options: crate::ImagesOptions,
 }
 
-struct Env<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
-    provider: String,
-    errors: Vec<String>,
+/// The registry providers' secrets: a variable or a 0600 file.
+trait RegistryEnv {
+    fn secret(&mut self, key: &str, file_key: &str) -> Option<String>;
+    fn require_secret(&mut self, key: &str, file_key: &str, what: &str) -> String;
 }
 
-impl Env<'_> {
-    /// A set, non-empty variable, trimmed.
-    fn get(&self, key: &str) -> Option<String> {
-        (self.lookup)(key)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    }
-
-    /// A variable the provider needs; records an error when it is missing.
-    fn require(&mut self, key: &str, what: &str) -> String {
-        match self.get(key) {
-            Some(value) => value,
-            None => {
-                self.errors.push(format!(
-                    "{key} is required for ARTIFACTS_REGISTRY_PROVIDER={} ({what})",
-                    self.provider
-                ));
-                String::new()
-            }
-        }
-    }
-
+impl RegistryEnv for Env<'_> {
     /// A secret from variable `key`, or from the file named by `file_key` (which must not be
     /// readable by group or others). Errors name the variables and the file, never the secret.
     fn secret(&mut self, key: &str, file_key: &str) -> Option<String> {
@@ -94,20 +64,13 @@ impl Env<'_> {
         match self.secret(key, file_key) {
             Some(value) => value,
             None => {
-                self.errors.push(format!(
-                    "{key} or {file_key} is required for ARTIFACTS_REGISTRY_PROVIDER={} ({what})",
-                    self.provider
-                ));
+                let message = format!(
+                    "{key} or {file_key} is required for {} ({what})",
+                    self.required_for()
+                );
+                self.errors.push(message);
                 String::new()
             }
-        }
-    }
-
-    /// Records an error unless `value` is empty (already reported missing) or `ok`.
-    fn check(&mut self, key: &str, value: &str, ok: bool, expected: &str) {
-        if !value.is_empty() && !ok {
-            self.errors
-                .push(format!("{key}={value:?} is invalid: expected {expected}"));
         }
     }
 }
@@ -129,11 +92,7 @@ pub(crate) fn parse(
     cache_dir: &Path,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Parsed, ConfigErrors> {
-    let mut env = Env {
-        lookup,
-        provider: String::new(),
-        errors: Vec::new(),
-    };
+    let mut env = Env::new(lookup, "ARTIFACTS_REGISTRY_PROVIDER");
 
     let fallback = env
         .get("OCIR_FALLBACK_BASE_IMAGE")

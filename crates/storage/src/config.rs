@@ -32,6 +32,7 @@ use object_store::{
     ObjectStore, aws::AmazonS3Builder, azure::MicrosoftAzureBuilder,
     gcp::GoogleCloudStorageBuilder, local::LocalFileSystem,
 };
+use settings::Env;
 use std::{
     fmt,
     path::{Path, PathBuf},
@@ -39,20 +40,10 @@ use std::{
 };
 use url::Url;
 
+pub use settings::ConfigErrors;
+
 const PROVIDERS: &str = "Local, AWSBucket, OCIBucket, GCPBucket, AzureBucket";
 const GIB: u64 = 1 << 30;
-
-/// Every problem with the storage settings, one per line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<String>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.join("\n"))
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
 
 /// A secret setting. `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -343,11 +334,7 @@ impl StorageConfig {
         kiln_home: &Path,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigErrors> {
-        let mut env = Env {
-            lookup: &lookup,
-            provider: String::new(),
-            errors: Vec::new(),
-        };
+        let mut env = Env::new(&lookup, "STORAGE_PROVIDER");
         let cache_dir = env
             .get("STORAGE_CACHE_DIR")
             .map(PathBuf::from)
@@ -514,39 +501,16 @@ impl StorageConfig {
     }
 }
 
-struct Env<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
-    provider: String,
-    errors: Vec<String>,
+/// The storage providers' own checks.
+trait StorageEnv {
+    fn bucket(&mut self) -> String;
+    fn endpoint(&mut self, key: &str) -> Option<Url>;
+    fn oci_auth(&mut self, value: &str) -> Option<OciAuth>;
+    fn flag(&mut self, key: &str, default: bool) -> bool;
+    fn secret(&mut self, key: &str, required: bool) -> Option<Secret>;
 }
 
-impl Env<'_> {
-    /// A set, non-empty variable, trimmed.
-    fn get(&self, key: &str) -> Option<String> {
-        (self.lookup)(key)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    }
-
-    /// A variable the provider needs; records an error when it is missing.
-    fn require(&mut self, key: &str, what: &str) -> String {
-        self.get(key).unwrap_or_else(|| {
-            self.errors.push(format!(
-                "{key} is required for STORAGE_PROVIDER={} ({what})",
-                self.provider
-            ));
-            String::new()
-        })
-    }
-
-    /// Records an error unless `value` is empty (already reported missing) or `ok`.
-    fn check(&mut self, key: &str, value: &str, ok: bool, expected: &str) {
-        if !value.is_empty() && !ok {
-            self.errors
-                .push(format!("{key}={value:?} is invalid: expected {expected}"));
-        }
-    }
-
+impl StorageEnv for Env<'_> {
     fn bucket(&mut self) -> String {
         let bucket = self.require("TEMPLATE_BUCKET_NAME", "the bucket templates are kept in");
         self.check(
@@ -602,7 +566,7 @@ impl Env<'_> {
         }
         match value.to_ascii_lowercase().as_str() {
             "api_key" => {
-                let config = oracle_auth::OciConfig::from_env(self.lookup);
+                let config = oracle_auth::OciConfig::from_env(self.lookup());
                 let home = self.get("HOME").map(PathBuf::from);
                 let auth = OciAuth::ApiKey { config, home };
                 if let Err(e) = auth.credentials() {
@@ -656,10 +620,11 @@ impl Env<'_> {
             },
             (None, None) => {
                 if required {
-                    self.errors.push(format!(
-                        "{key} or {file_key} is required for STORAGE_PROVIDER={}",
-                        self.provider
-                    ));
+                    let message = format!(
+                        "{key} or {file_key} is required for {}",
+                        self.required_for()
+                    );
+                    self.errors.push(message);
                 }
                 None
             }

@@ -98,13 +98,7 @@ impl UploadSession {
         location: &Key,
         local: &Path,
     ) -> Result<Option<ObjectEntry>, StorageError> {
-        let Some(target) = self
-            .storage
-            .inner
-            .local_root
-            .as_deref()
-            .and_then(|root| crate::linked::local_path(root, location))
-        else {
+        let Some(target) = self.storage.local_file(location) else {
             return Ok(None);
         };
         let from = local.to_owned();

@@ -214,6 +214,12 @@ impl Storage {
         Ok(entry)
     }
 
+    /// The file of object `location` when the provider is `Local` ([`crate::linked`]).
+    pub(crate) fn local_file(&self, location: &Key) -> Option<PathBuf> {
+        let root = self.inner.local_root.as_deref()?;
+        crate::linked::local_path(root, location)
+    }
+
     /// The `Local` fast path of [`Storage::download_file`]: link, then check the digest.
     /// `None` when it does not apply.
     async fn download_linked(
@@ -222,12 +228,7 @@ impl Storage {
         entry: &ObjectEntry,
         dest: &Path,
     ) -> Result<Option<ObjectEntry>, StorageError> {
-        let Some(source) = self
-            .inner
-            .local_root
-            .as_deref()
-            .and_then(|root| crate::linked::local_path(root, location))
-        else {
+        let Some(source) = self.local_file(location) else {
             return Ok(None);
         };
         let (from, to, expected) = (source, dest.to_owned(), entry.clone());
