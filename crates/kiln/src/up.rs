@@ -105,10 +105,13 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         storage.clone(),
         &home.join("cache"),
     );
+    // Archives of a publish a stop interrupted are of no use (their session never committed).
+    let publish_scratch = home.join("cache/build/publish");
+    let _ = std::fs::remove_dir_all(&publish_scratch);
     let publishing = tokio::spawn(publish_missing(
         templates.clone(),
         storage.clone(),
-        home.join("cache/build/publish"),
+        publish_scratch,
     ));
     let api = api::router(api::AppState {
         store,
