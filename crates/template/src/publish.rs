@@ -3,9 +3,11 @@
 //! A build is stored under `templates/<template>/<build>/` as one write session (so it is
 //! there whole or not at all): `rootfs.tar.zst` (the root filesystem, owners, modes, links and
 //! device nodes kept), `checkpoint.img` (the template snapshot) and `template.json`.
-//! [`fetch_rootfs`] brings a build's root filesystem back into a local directory.
+//! [`fetch_rootfs`] brings a build's root filesystem back into a local directory, reading the
+//! archive through the storage's chunk cache and checking it against the manifest.
 
 use crate::{Template, TemplateError, io};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use storage::Storage;
 
@@ -88,26 +90,98 @@ pub async fn fetch_rootfs(
         return Ok(rootfs);
     }
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-    let archive = dir.join(ROOTFS_ARCHIVE);
-    storage
-        .download_file(&build_prefix(template, build), ROOTFS_ARCHIVE, &archive)
+    let prefix = build_prefix(template, build);
+    let entry = storage
+        .entry(&prefix, ROOTFS_ARCHIVE)
         .await
         .map_err(storage_error("fetching the template build"))?;
+    let reader = CachedReader {
+        storage: storage.clone(),
+        key: format!("{prefix}/{ROOTFS_ARCHIVE}"),
+        size: entry.size,
+        offset: 0,
+        buffer: bytes::Bytes::new(),
+        hasher: Sha256::new(),
+        runtime: tokio::runtime::Handle::current(),
+    };
     let partial = dir.join("rootfs.partial");
     let _ = std::fs::remove_dir_all(&partial);
-    let (from, to) = (archive.clone(), partial.clone());
-    let unpacked = tokio::task::spawn_blocking(move || unpack(&from, &to))
+    let to = partial.clone();
+    let unpacked = tokio::task::spawn_blocking(move || unpack_checked(reader, &to, &entry))
         .await
         .map_err(|e| TemplateError::Step {
             step: "fetch",
             detail: format!("unpacking the root filesystem: {e}"),
         })
         .and_then(|result| result);
-    let _ = std::fs::remove_file(&archive);
-    unpacked?;
+    if let Err(error) = unpacked {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(error);
+    }
     std::fs::rename(&partial, &rootfs)
         .map_err(io(format!("moving {} into place", rootfs.display())))?;
     Ok(rootfs)
+}
+
+/// A stored object read front to back through the storage's chunk cache (so concurrent
+/// fetches of one build share their chunks and a later fetch finds them cached), hashing what
+/// it reads. Blocking: it drives the async reads on `runtime` from a blocking thread.
+struct CachedReader {
+    storage: Storage,
+    key: String,
+    size: u64,
+    offset: u64,
+    buffer: bytes::Bytes,
+    hasher: Sha256,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::io::Read for CachedReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.buffer.is_empty() {
+            if self.offset == self.size {
+                return Ok(0);
+            }
+            let end = (self.offset + storage::CHUNK_SIZE).min(self.size);
+            self.buffer = self
+                .runtime
+                .block_on(self.storage.read_range(&self.key, self.offset..end))
+                .map_err(std::io::Error::other)?;
+            self.hasher.update(&self.buffer);
+            self.offset = end;
+        }
+        let n = out.len().min(self.buffer.len());
+        out[..n].copy_from_slice(&self.buffer[..n]);
+        self.buffer = self.buffer.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Unpacks the archive into `into`, then checks the whole object against its manifest entry.
+fn unpack_checked(
+    mut reader: CachedReader,
+    into: &Path,
+    expected: &storage::ObjectEntry,
+) -> Result<(), TemplateError> {
+    let unpacked = unpack(&mut reader, into);
+    // The archive may end before the object does (tar's trailing blocks), or the unpacking may
+    // have stopped at damage: hash the rest too, so damage is reported as what it is.
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(io("reading the archive"))?;
+    let actual = hex_digest(reader.hasher.finalize().as_slice());
+    if reader.offset != expected.size || actual != expected.sha256 {
+        return Err(TemplateError::Corrupt(
+            reader.key.clone(),
+            format!(
+                "expected {} bytes with sha256 {}, got {} bytes with sha256 {actual}",
+                expected.size, expected.sha256, reader.offset
+            ),
+        ));
+    }
+    unpacked
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn pack(rootfs: &Path, archive: &Path) -> Result<(), TemplateError> {
@@ -125,10 +199,8 @@ fn pack(rootfs: &Path, archive: &Path) -> Result<(), TemplateError> {
     Ok(())
 }
 
-fn unpack(archive: &Path, into: &Path) -> Result<(), TemplateError> {
-    let file =
-        std::fs::File::open(archive).map_err(io(format!("opening {}", archive.display())))?;
-    let decoder = zstd::Decoder::new(file).map_err(io("starting zstd"))?;
+fn unpack(archive: impl std::io::Read, into: &Path) -> Result<(), TemplateError> {
+    let decoder = zstd::Decoder::new(archive).map_err(io("starting zstd"))?;
     let mut tar = tar::Archive::new(decoder);
     tar.set_preserve_permissions(true);
     tar.set_preserve_ownerships(true);
@@ -167,7 +239,7 @@ mod tests {
         let archive = dir.path().join("a.tar.zst");
         pack(&root, &archive).unwrap();
         let out = dir.path().join("out");
-        unpack(&archive, &out).unwrap();
+        unpack(std::fs::File::open(&archive).unwrap(), &out).unwrap();
         let secret = std::fs::metadata(out.join("etc/secret")).unwrap();
         assert_eq!(secret.mode() & 0o7777, 0o640);
         assert_eq!((secret.uid(), secret.gid()), (1000, 27));
@@ -175,5 +247,92 @@ mod tests {
             std::fs::read_link(out.join("etc/sub/link")).unwrap(),
             std::path::Path::new("../etc/secret")
         );
+    }
+}
+
+#[cfg(test)]
+mod round_trip {
+    use super::{build_prefix, fetch_rootfs, publish};
+    use crate::Template;
+    use storage::{Storage, StorageConfig};
+    use time::OffsetDateTime;
+
+    fn template() -> Template {
+        Template {
+            id: "t1".into(),
+            aliases: vec![],
+            build_id: "b1".into(),
+            cpu_count: 1,
+            memory_mb: 256,
+            disk_size_mb: 1024,
+            envd_version: "0.6.4".into(),
+            default_user: "user".into(),
+            default_workdir: "/home/user".into(),
+            public: false,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            recipe: None,
+            envd_sha256: None,
+            team_id: None,
+            env_vars: Default::default(),
+            build_key: None,
+            start_cmd: None,
+            ready_cmd: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_published_build_comes_back_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig::from_env(dir.path(), |key| {
+            (key == "STORAGE_PROVIDER").then(|| "Local".to_string())
+        })
+        .unwrap();
+        let storage = Storage::from_config(&config).unwrap();
+        let build = dir.path().join("build");
+        std::fs::create_dir_all(build.join("rootfs/etc")).unwrap();
+        std::fs::create_dir_all(build.join("snapshot")).unwrap();
+        // Incompressible, several cache chunks long.
+        let big: Vec<u8> = (0..(9u64 << 20))
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(build.join("rootfs/etc/big"), &big).unwrap();
+        std::fs::write(build.join("snapshot/checkpoint.img"), b"image").unwrap();
+        let template = template();
+        publish(&storage, &build, &template, &dir.path().join("scratch"))
+            .await
+            .unwrap();
+        assert!(super::is_published(&storage, &template).await.unwrap());
+
+        let fetched = fetch_rootfs(&storage, "t1", "b1", &dir.path().join("fetched"))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(fetched.join("etc/big")).unwrap(), big);
+
+        // A stored archive replaced behind the manifest's back is refused, and nothing is
+        // left in place.
+        let stored = dir
+            .path()
+            .join("storage/templates")
+            .join(build_prefix("t1", "b1"))
+            .join("rootfs.tar.zst");
+        let mut bytes = std::fs::read(&stored).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::remove_file(&stored).unwrap();
+        std::fs::write(&stored, &bytes).unwrap();
+        let other = StorageConfig::from_env(&dir.path().join("other-home"), |key| match key {
+            "STORAGE_PROVIDER" => Some("Local".to_string()),
+            "LOCAL_TEMPLATE_STORAGE_BASE_PATH" => {
+                Some(dir.path().join("storage").display().to_string())
+            }
+            _ => None,
+        })
+        .unwrap();
+        let fresh = Storage::from_config(&other).unwrap();
+        let error = fetch_rootfs(&fresh, "t1", "b1", &dir.path().join("again"))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("sha256"), "{error}");
+        assert!(!dir.path().join("again/rootfs").exists());
     }
 }
