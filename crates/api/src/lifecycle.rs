@@ -218,7 +218,7 @@ impl Lifecycle {
             return None;
         }
         tracing::info!(sandbox = %id, "auto-resuming on traffic");
-        Some(self.resume(id, None, AUTO_RESUME_TIMEOUT).await)
+        Some(self.resume_shared(record, AUTO_RESUME_TIMEOUT).await)
     }
 
     /// Resumes paused sandbox `id` (of `team`, when given) to live at least `timeout`; shares
@@ -233,10 +233,20 @@ impl Lifecycle {
         let record = record
             .filter(|r| team.is_none_or(|team| r.sandbox.team_id == team))
             .ok_or_else(|| ApiError::not_found(format!("paused sandbox '{id}' not found")))?;
+        self.resume_shared(record, timeout).await
+    }
+
+    /// Resumes `record`'s sandbox, or joins a resume of it already under way.
+    async fn resume_shared(
+        &self,
+        record: PausedRecord,
+        timeout: Duration,
+    ) -> Result<Arc<Sandbox>, ApiError> {
+        let id = record.sandbox.id.clone();
         let resume = {
             let mut resumes = self.inner.resumes.lock().unwrap_or_else(|e| e.into_inner());
             resumes
-                .entry(id.to_owned())
+                .entry(id.clone())
                 .or_insert_with(|| {
                     let this = self.clone();
                     let future: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
@@ -251,7 +261,7 @@ impl Lifecycle {
             .resumes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+            .remove(&id);
         result.map_err(|error| ApiError::new(error.status, error.message.clone()))
     }
 

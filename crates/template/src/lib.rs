@@ -61,6 +61,33 @@ pub struct Template {
     pub ready_cmd: Option<String>,
 }
 
+#[cfg(test)]
+impl Template {
+    /// A template with plain values, for tests.
+    pub(crate) fn for_test(id: &str, build_id: &str) -> Template {
+        Template {
+            id: id.into(),
+            aliases: vec![],
+            build_id: build_id.into(),
+            cpu_count: 1,
+            memory_mb: 256,
+            disk_size_mb: 1024,
+            envd_version: "0.6.4".into(),
+            default_user: "user".into(),
+            default_workdir: "/home/user".into(),
+            public: false,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            recipe: None,
+            envd_sha256: None,
+            team_id: None,
+            env_vars: Default::default(),
+            build_key: None,
+            start_cmd: None,
+            ready_cmd: None,
+        }
+    }
+}
+
 /// Why templates could not be read or built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -215,31 +242,15 @@ impl TemplateStore {
 #[cfg(test)]
 mod tests {
     use super::{Template, TemplateStore};
-    use time::OffsetDateTime;
 
     #[test]
     fn commit_then_find_by_alias() {
         let dir = tempfile::tempdir().unwrap();
         let store = TemplateStore::open(dir.path()).unwrap();
         let template = Template {
-            id: "t1".into(),
             aliases: vec!["nice".into()],
-            build_id: "b".into(),
-            cpu_count: 1,
-            memory_mb: 256,
-            disk_size_mb: 1024,
-            envd_version: "0.6.4".into(),
-            default_user: "user".into(),
-            default_workdir: "/home/user".into(),
             public: true,
-            created_at: OffsetDateTime::UNIX_EPOCH,
-            recipe: None,
-            envd_sha256: None,
-            team_id: None,
-            env_vars: Default::default(),
-            build_key: None,
-            start_cmd: None,
-            ready_cmd: None,
+            ..Template::for_test("t1", "b")
         };
         let building = dir.path().join("t1.building");
         std::fs::create_dir_all(&building).unwrap();

@@ -255,30 +255,6 @@ mod round_trip {
     use super::{build_prefix, fetch_rootfs, publish};
     use crate::Template;
     use storage::{Storage, StorageConfig};
-    use time::OffsetDateTime;
-
-    fn template() -> Template {
-        Template {
-            id: "t1".into(),
-            aliases: vec![],
-            build_id: "b1".into(),
-            cpu_count: 1,
-            memory_mb: 256,
-            disk_size_mb: 1024,
-            envd_version: "0.6.4".into(),
-            default_user: "user".into(),
-            default_workdir: "/home/user".into(),
-            public: false,
-            created_at: OffsetDateTime::UNIX_EPOCH,
-            recipe: None,
-            envd_sha256: None,
-            team_id: None,
-            env_vars: Default::default(),
-            build_key: None,
-            start_cmd: None,
-            ready_cmd: None,
-        }
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_published_build_comes_back_verified() {
@@ -297,7 +273,7 @@ mod round_trip {
             .collect();
         std::fs::write(build.join("rootfs/etc/big"), &big).unwrap();
         std::fs::write(build.join("snapshot/checkpoint.img"), b"image").unwrap();
-        let template = template();
+        let template = Template::for_test("t1", "b1");
         publish(&storage, &build, &template, &dir.path().join("scratch"))
             .await
             .unwrap();
